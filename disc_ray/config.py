@@ -1,0 +1,236 @@
+"""Typed configs: nested frozen dataclasses, loaded from YAML with ``--section.key value`` overrides.
+
+Everything is validated on the driver before any worker starts: an unknown key, a wrong type or an
+invalid value raises :class:`ConfigError` whose message names the key (``train.lr``).
+
+    cfg = load_config(AdaptConfig, "configs/cpu.yaml", ["--train.lr", "1e-5", "--objective.name=ft"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the offending key."""
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to ``annotation``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in options):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return build_dataclass(annotation, value, key)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_dataclass(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build ``cls`` from a (nested) dict, rejecting unknown keys and running ``__post_init__`` validation."""
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        raise ConfigError(message if prefix == "" or message.startswith(prefix) else f"{prefix}: {message}") from None
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--train.lr", "1e-5", "--model=x"]`` -> ``{"train": {"lr": "1e-5"}, "model": "x"}`` (strings; coerced later)."""
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"expected an override like --section.key VALUE, got {arg!r}")
+        if "=" in arg:
+            dotted, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args) or (args[i + 1].startswith("--") and not _is_number(args[i + 1])):
+                raise ConfigError(f"override {arg} has no value")
+            dotted, value = arg[2:], args[i + 1]
+            i += 2
+        target = nested
+        parts = dotted.replace("-", "_").split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override --{dotted} conflicts with an earlier override")
+        target[parts[-1]] = value
+    return nested
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """YAML file (optional) + CLI overrides -> a validated ``cls`` instance."""
+    values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = loaded
+    values = _merge(values, parse_overrides(overrides or []))
+    return build_dataclass(cls, values)
+
+
+def dump_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model to adapt (it is also the frozen teacher)."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    """The embedded default, a local Hugging Face directory, a ``.gguf`` file, or a hub id."""
+    dtype: str = "float32"
+    """Weights' dtype on load; with ``train.mixed_precision`` on GPU the master weights stay fp32."""
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    """Where converted models are cached (default: ``$DISC_RAY_CACHE`` or ``~/.cache/disc-ray``)."""
+
+    def __post_init__(self):
+        if not self.name_or_path:
+            raise ValueError("model.name_or_path must not be empty")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer and loop settings (paper defaults: AdamW, constant LR, weight decay 0.01, one epoch)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "constant"
+    """``constant`` (paper), ``cosine`` or ``linear`` decay after ``warmup_steps``."""
+    warmup_steps: int = 0
+    max_grad_norm: float = 0.0
+    """Clip the global gradient norm to this value; 0 turns clipping off (paper)."""
+    batch_size: int = 1
+    """Documents per micro-batch (per worker under Ray)."""
+    grad_accum_steps: int = 1
+    epochs: int = 1
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1: run the epochs."""
+    seed: int = 0
+    log_every_n_steps: int = 1
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"train.lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        for name in ("batch_size", "grad_accum_steps", "epochs", "log_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError("train.warmup_steps and train.max_grad_norm must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"train.max_steps must be -1 (run the epochs) or >= 1, got {self.max_steps}")

@@ -1,0 +1,195 @@
+"""The training step and a single-process adaptation loop (plain torch, no Ray).
+
+``train_step`` is the whole optimizer step in one screen: forward/backward over the micro-batches
+(the loss of each divided by the step's total document or token count, so gradient accumulation
+4x1 equals 1x4), clip, step. The Ray trainer calls the same function on every worker;
+``run_adaptation`` wires it into a local loop for debugging, GPU checks and small jobs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from disc_ray.config import ModelConfig, TrainConfig
+from disc_ray.objectives import ObjectiveConfig, PackedBatch, compute_loss, pack_batch
+from disc_ray.splits import DocumentExample, DocumentSkipped, SplitConfig, prepare_document
+
+
+def build_teacher(student: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the initial model. A separate copy, so ``.eval()`` never touches the student."""
+    teacher = copy.deepcopy(student)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains and biases are not decayed)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+def build_lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then constant (paper), cosine or linear decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min((step - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def normalizer_of(batches: Iterable[PackedBatch], cfg: ObjectiveConfig) -> int:
+    """What the summed loss of an optimizer step is divided by: documents or scored tokens."""
+    return sum(b.num_documents if cfg.normalization == "document" else b.num_target_tokens for b in batches)
+
+
+def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, scheduler, obj_cfg: ObjectiveConfig,
+               max_grad_norm: float = 0.0, normalizer: float | None = None) -> dict[str, float]:
+    """One optimizer step over ``micro_batches``; returns loss, kl, ce, grad_norm, lr, tokens, documents.
+
+    ``normalizer`` is the step's global document (or token) count; under data parallelism the caller
+    all-reduces it so every rank divides by the same number.
+    """
+    normalizer = normalizer or normalizer_of(micro_batches, obj_cfg)
+    loss = ce_sum = kl_sum = 0.0
+    for batch in micro_batches:
+        out = compute_loss(student, teacher, batch, obj_cfg, normalizer)
+        out.loss.backward()
+        loss += out.loss.item()
+        ce_sum += out.ce_sum
+        kl_sum += out.kl_sum
+    params = [p for p in student.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": loss,
+        "ce": ce_sum / normalizer,
+        "kl": kl_sum / normalizer,
+        "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+        "lr": lr,
+        "tokens": float(sum(b.student_input_ids.numel() + (b.teacher_input_ids.numel() if obj_cfg.needs_teacher else 0) for b in micro_batches)),
+        "documents": float(sum(b.num_documents for b in micro_batches)),
+    }
+
+
+@dataclass
+class PreparedCorpus:
+    examples: list[DocumentExample]
+    documents_read: int
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items())) or "none"
+        return f"documents read={self.documents_read} examples={len(self.examples)} skipped: {skipped}"
+
+
+def prepare_corpus(documents: Iterable, tokenizer, split_cfg: SplitConfig, obj_cfg: ObjectiveConfig, max_length: int = 2048,
+                   strict: bool = False) -> PreparedCorpus:
+    """Documents -> training examples; unusable documents are counted by reason (or raise, if ``strict``)."""
+    prepared = PreparedCorpus(examples=[], documents_read=0)
+    for index, text in enumerate(documents):
+        prepared.documents_read += 1
+        try:
+            prepared.examples += prepare_document(text, tokenizer, split_cfg, max_length, with_splits=obj_cfg.name == "disc")
+        except DocumentSkipped as skip:
+            if strict:
+                raise DocumentSkipped(skip.reason, f"document {index}: {skip}") from None
+            prepared.skipped[skip.reason] += 1
+    return prepared
+
+
+def iterate_micro_batches(examples: list[DocumentExample], batch_size: int, seed: int, epoch: int) -> list[list[DocumentExample]]:
+    """Shuffle (seeded per epoch) and cut into micro-batches of ``batch_size`` examples."""
+    order = list(range(len(examples)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+@dataclass
+class AdaptResult:
+    history: list[dict[str, float]]
+    output_dir: Path | None
+    corpus: PreparedCorpus
+
+
+def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainConfig = TrainConfig(),
+                   split_cfg: SplitConfig = SplitConfig(), obj_cfg: ObjectiveConfig = ObjectiveConfig(),
+                   max_length: int = 2048, output_dir: str | Path | None = None, run_info: dict | None = None,
+                   log=print) -> AdaptResult:
+    """Adapt ``student`` on ``documents`` in this process; export a Hugging Face directory if ``output_dir``."""
+    torch.manual_seed(train_cfg.seed)
+    corpus = prepare_corpus(documents, tokenizer, split_cfg, obj_cfg, max_length)
+    log(f"[disc-ray] {corpus.summary()}")
+    if not corpus.examples:
+        raise ValueError(f"no trainable documents: {corpus.summary()}")
+    teacher = build_teacher(student) if obj_cfg.needs_teacher else None
+    student.train()
+    optimizer = build_optimizer(student, train_cfg)
+    steps_per_epoch = math.ceil(len(corpus.examples) / (train_cfg.batch_size * train_cfg.grad_accum_steps))
+    total_steps = steps_per_epoch * train_cfg.epochs if train_cfg.max_steps < 0 else train_cfg.max_steps
+    scheduler = build_lr_scheduler(optimizer, train_cfg, total_steps)
+    history: list[dict[str, float]] = []
+    documents_seen, step = 0, 0
+    for epoch in range(train_cfg.epochs):
+        micro = iterate_micro_batches(corpus.examples, train_cfg.batch_size, train_cfg.seed, epoch)
+        for first in range(0, len(micro), train_cfg.grad_accum_steps):
+            if step >= total_steps:
+                break
+            started = time.perf_counter()
+            batches = [pack_batch(m, obj_cfg) for m in micro[first : first + train_cfg.grad_accum_steps]]
+            metrics = train_step(student, teacher, batches, optimizer, scheduler, obj_cfg, train_cfg.max_grad_norm)
+            step += 1
+            documents_seen += int(metrics["documents"])
+            metrics.update(step=step, epoch=epoch, documents_seen=documents_seen,
+                           tokens_per_s=metrics["tokens"] / (time.perf_counter() - started))
+            history.append(metrics)
+            if step % train_cfg.log_every_n_steps == 0 or step == total_steps:
+                log(format_progress(metrics, total_steps))
+    exported = None
+    if output_dir is not None:
+        from disc_ray.export import export_model
+
+        info = dict(run_info or {}, data={"documents_read": corpus.documents_read, "examples": len(corpus.examples),
+                                          "skipped": dict(corpus.skipped)}, metrics=history[-1] if history else {})
+        exported = export_model(student, tokenizer, output_dir, info)
+        log(f"[disc-ray] exported the adapted model to {exported}")
+    return AdaptResult(history=history, output_dir=exported, corpus=corpus)
+
+
+def format_progress(metrics: dict[str, float], total_steps: int) -> str:
+    parts = [f"step {int(metrics['step'])}/{total_steps}", f"loss {metrics['loss']:.4f}"]
+    if metrics.get("kl"):
+        parts.append(f"kl {metrics['kl']:.4f}")
+    if metrics.get("ce"):
+        parts.append(f"ce {metrics['ce']:.4f}")
+    parts += [f"grad_norm {metrics['grad_norm']:.3f}", f"lr {metrics['lr']:.2e}",
+              f"docs {int(metrics['documents_seen'])}", f"{metrics.get('tokens_per_s', 0):.0f} tok/s"]
+    return "[disc-ray] " + " | ".join(parts)
+
+
+def load_and_adapt(model_cfg: ModelConfig, documents: Iterable, **kwargs) -> AdaptResult:
+    """Load the model named by ``model_cfg`` and run :func:`run_adaptation` on it."""
+    from disc_ray.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_cfg.name_or_path, dtype=model_cfg.dtype,
+                                                trust_remote_code=model_cfg.trust_remote_code, cache_dir=model_cfg.cache_dir)
+    return run_adaptation(model, tokenizer, documents, **kwargs)

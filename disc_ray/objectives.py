@@ -1,0 +1,344 @@
+"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` baselines. Plain torch, no Ray.
+
+DiSC for one split ``[s, e)`` of a document ``x``: the frozen teacher reads ``x[:e]``, the student
+reads ``x[s:e]`` alone, and the loss is ``T^2 * KL(teacher/T || student/T)`` on the split's tokens
+2..L. Two facts make it cheap:
+
+* every split is a span of the same document, so ONE teacher forward over the document gives the
+  teacher's distributions for all its splits (teacher position ``s+j`` predicts token ``s+j+1``);
+* all splits of all documents in a batch are packed into ONE student row, with ``position_ids``
+  restarting at 0 per split (transformers turns that into a block-diagonal causal mask).
+
+Only the hidden states of the positions that are scored are kept; the vocabulary projection,
+softmax and KL run in row chunks inside :class:`ChunkedLinearDivergence`, which also computes the
+gradients chunk by chunk, so no ``[tokens, vocab]`` tensor for the whole batch ever exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from disc_ray.splits import DocumentExample
+
+OBJECTIVES = ("disc", "ft", "ft_kl")
+NORMALIZATIONS = ("document", "token")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which loss to train and its knobs (paper defaults)."""
+
+    name: str = "disc"
+    """``disc`` (default), ``ft`` (next-token cross-entropy) or ``ft_kl`` (CE + beta * KL to the initial model)."""
+    temperature: float = 2.0
+    """DiSC softmax temperature T; the KL is multiplied by T^2."""
+    ft_kl_beta: float = 0.1
+    ft_kl_temperature: float = 1.0
+    normalization: str = "document"
+    """``document``: mean over a split's tokens, then over the document's splits, then over documents
+    (the paper's); ``token``: every scored token weighs the same."""
+    chunk_size: int = 256
+    """Rows of the vocabulary projection computed at once; peak memory ~ 3-4 x chunk_size x vocab x 4 bytes."""
+
+    def __post_init__(self):
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"objective.name: unknown objective {self.name!r}; choose from {list(OBJECTIVES)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"objective.normalization must be one of {list(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.temperature <= 0 or self.ft_kl_temperature <= 0:
+            raise ValueError("objective temperatures must be > 0")
+        if self.ft_kl_beta < 0:
+            raise ValueError(f"objective.ft_kl_beta must be >= 0, got {self.ft_kl_beta}")
+        if self.chunk_size < 1:
+            raise ValueError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.name in ("disc", "ft_kl")
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass
+class PackedBatch:
+    """Token ids and positions for one step, packed one row per model (batch dimension 1).
+
+    ``teacher_positions[r]`` and ``student_positions[r]`` are the positions (in the packed rows) whose
+    next-token distributions are compared for scored row ``r``; ``target_ids[r]`` is the token they
+    predict; ``row_weights[r]`` makes ``sum(row_weights * per_row_loss)`` the sum of per-document losses
+    (``document`` normalization) or of per-token losses (``token``).
+    """
+
+    teacher_input_ids: torch.Tensor  # [1, T] long
+    teacher_position_ids: torch.Tensor  # [1, T] long, restarting at 0 per document
+    teacher_positions: torch.Tensor  # [N] long
+    student_input_ids: torch.Tensor  # [1, S] long
+    student_position_ids: torch.Tensor  # [1, S] long, restarting at 0 per split (disc) / document (ft)
+    student_positions: torch.Tensor  # [N] long
+    target_ids: torch.Tensor  # [N] long
+    row_weights: torch.Tensor  # [N] float32
+    num_documents: int
+    num_target_tokens: int
+
+    def to(self, device) -> "PackedBatch":
+        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
+        return PackedBatch(**moved)
+
+
+def _as_tensors(**lists) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor(v, dtype=torch.long).unsqueeze(0) if k.endswith("_ids") else torch.tensor(v, dtype=torch.long) for k, v in lists.items()}
+
+
+def pack_disc_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
+    """Pack documents for the teacher and their splits for the student (see module docstring)."""
+    teacher_ids, teacher_pos, student_ids, student_pos = [], [], [], []
+    teacher_rows, student_rows, targets, weights = [], [], [], []
+    for example in examples:
+        if not example.split_spans:
+            raise ValueError("pack_disc_batch: an example has no split spans (prepare it with with_splits=True)")
+        doc_offset = len(teacher_ids)
+        teacher_ids += example.input_ids
+        teacher_pos += range(len(example.input_ids))
+        special = example.input_ids[: example.num_special_prefix]
+        for start, end in example.split_spans:
+            row_offset = len(student_ids) + len(special)
+            student_ids += special + example.input_ids[start:end]
+            student_pos += range(len(special) + end - start)
+            scored = end - start - 1  # tokens 2..L of the split
+            teacher_rows += range(doc_offset + start, doc_offset + end - 1)
+            student_rows += range(row_offset, row_offset + scored)
+            targets += example.input_ids[start + 1 : end]
+            weight = 1.0 / (scored * len(example.split_spans)) if normalization == "document" else 1.0
+            weights += [weight] * scored
+    tensors = _as_tensors(
+        teacher_input_ids=teacher_ids, teacher_position_ids=teacher_pos, teacher_positions=teacher_rows,
+        student_input_ids=student_ids, student_position_ids=student_pos, student_positions=student_rows,
+        target_ids=targets,
+    )
+    tensors["target_ids"] = tensors["target_ids"].squeeze(0)
+    return PackedBatch(**tensors, row_weights=torch.tensor(weights, dtype=torch.float32),
+                       num_documents=len(examples), num_target_tokens=len(targets))
+
+
+def pack_lm_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
+    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``); teacher and student rows are the same."""
+    ids, pos, rows, targets, weights = [], [], [], [], []
+    for example in examples:
+        offset, n = len(ids), len(example.input_ids)
+        ids += example.input_ids
+        pos += range(n)
+        first = max(example.num_special_prefix - 1, 0)  # a BOS predicts the first real token
+        rows += range(offset + first, offset + n - 1)
+        targets += example.input_ids[first + 1 :]
+        scored = n - 1 - first
+        weights += [1.0 / scored if normalization == "document" else 1.0] * scored
+    tensors = _as_tensors(input_ids=ids, position_ids=pos, positions=rows, target_ids=targets)
+    return PackedBatch(
+        teacher_input_ids=tensors["input_ids"], teacher_position_ids=tensors["position_ids"], teacher_positions=tensors["positions"],
+        student_input_ids=tensors["input_ids"], student_position_ids=tensors["position_ids"], student_positions=tensors["positions"],
+        target_ids=tensors["target_ids"].squeeze(0), row_weights=torch.tensor(weights, dtype=torch.float32),
+        num_documents=len(examples), num_target_tokens=len(targets),
+    )
+
+
+def pack_batch(examples: list[DocumentExample], cfg: ObjectiveConfig) -> PackedBatch:
+    return pack_disc_batch(examples, cfg.normalization) if cfg.name == "disc" else pack_lm_batch(examples, cfg.normalization)
+
+
+# --------------------------------------------------------------------------- chunked projection + divergence
+
+
+def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return logits if not cap else cap * torch.tanh(logits / cap)
+
+
+class ChunkedLinearDivergence(torch.autograd.Function):
+    """``sum_r w_r * (ce_scale * CE_r + kl_scale * T^2 * KL(teacher_r/T || student_r/T))`` from hidden states.
+
+    Projects ``[chunk, hidden]`` rows to the vocabulary at a time, and computes the gradients for the
+    student's hidden states and head weight in the same pass (the chunk's logits are freed before the
+    next chunk), so peak memory is O(chunk x vocab) instead of O(rows x vocab).
+    Returns ``(loss, stats)``; ``stats = [sum w*CE, sum w*T^2*KL]`` (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, student_hidden, student_weight, teacher_hidden, teacher_weight, target_ids, row_weights,
+                ce_scale: float, kl_scale: float, temperature: float, chunk_size: int, softcap: float | None):
+        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(student_hidden) if need_hidden_grad else None
+        grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if need_weight_grad else None
+        stats = torch.zeros(2, dtype=torch.float32, device=student_hidden.device)
+        for start in range(0, student_hidden.shape[0], chunk_size):
+            # In-place ops keep ~3 [chunk, vocab] fp32 buffers alive at a time.
+            rows = slice(start, start + chunk_size)
+            hidden = student_hidden[rows]
+            weight = row_weights[rows].float().unsqueeze(1)
+            logits = _softcap((hidden @ student_weight.t()).float(), softcap)
+            grad_logits = None
+            if kl_scale:
+                student_log_probs = torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
+                teacher_logits = _softcap((teacher_hidden[rows] @ teacher_weight.t()).float(), softcap)
+                teacher_log_probs = torch.log_softmax(teacher_logits.div_(temperature), dim=-1)
+                del teacher_logits
+                teacher_probs = teacher_log_probs.exp()
+                kl = teacher_log_probs.sub_(student_log_probs).mul_(teacher_probs).sum(-1)
+                del teacher_log_probs
+                stats[1] += (weight.squeeze(1) * kl).sum() * temperature**2
+                # d/dlogits of T^2 * KL(p_t || softmax(z/T)) = T * (p_s - p_t)
+                grad_logits = student_log_probs.exp_().sub_(teacher_probs).mul_(weight * (kl_scale * temperature))
+                del teacher_probs, student_log_probs
+            if ce_scale:
+                log_probs = torch.log_softmax(logits, dim=-1)
+                targets = target_ids[rows].unsqueeze(1)
+                stats[0] -= (weight * log_probs.gather(1, targets)).sum()
+                ce_grad = log_probs.exp_().scatter_add_(1, targets, torch.full_like(weight, -1.0)).mul_(weight * ce_scale)
+                grad_logits = ce_grad if grad_logits is None else grad_logits.add_(ce_grad)
+                del log_probs, ce_grad
+            if softcap:  # d/draw of cap * tanh(raw / cap) = 1 - (logits / cap)^2
+                grad_logits.mul_(logits.div_(softcap).square_().neg_().add_(1.0))
+            del logits
+            if need_hidden_grad:
+                grad_hidden[rows] = (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype)
+            if need_weight_grad:
+                grad_weight.addmm_(grad_logits.t(), hidden.float())
+            del grad_logits
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = student_weight.dtype
+        ctx.mark_non_differentiable(stats)
+        loss = ce_scale * stats[0] + kl_scale * stats[1]
+        return loss, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_stats):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
+
+
+def chunked_linear_divergence(student_hidden, student_weight, teacher_hidden, teacher_weight, target_ids, row_weights, *,
+                              ce_scale=0.0, kl_scale=1.0, temperature=1.0, chunk_size=256, softcap=None):
+    """Functional entry to :class:`ChunkedLinearDivergence`; returns ``(loss_sum, stats)``."""
+    if teacher_hidden is None:
+        teacher_hidden, teacher_weight, kl_scale = student_hidden.detach(), student_weight.detach(), 0.0
+    loss, stats = ChunkedLinearDivergence.apply(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                                                target_ids, row_weights, float(ce_scale), float(kl_scale),
+                                                float(temperature), int(chunk_size), softcap)
+    return loss, stats
+
+
+# --------------------------------------------------------------------------- model calls
+
+
+def last_hidden_states(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Final (post-norm) hidden states ``[S, hidden]`` of a packed row, without computing any logits.
+
+    Calls the model's own forward (so FSDP hooks run) with ``logits_to_keep`` empty.
+    """
+    no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                output_hidden_states=True, logits_to_keep=no_logits)
+    return out.hidden_states[-1][0]
+
+
+def output_head_weight(model) -> torch.Tensor:
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("output heads with a bias are not supported by the chunked loss")
+    return head.weight
+
+
+def final_logit_softcap(model) -> float | None:
+    """Gemma-style models cap their logits; the chunked loss must apply the same cap."""
+    return getattr(model.config, "final_logit_softcapping", None) or None
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar to call backward on: loss_sum / normalizer
+    ce_sum: float  # sum over documents (or tokens) of the CE term, before dividing by the normalizer
+    kl_sum: float  # same for T^2 * KL
+    num_documents: int
+    num_target_tokens: int
+
+
+def compute_teacher_hidden(teacher, batch: PackedBatch) -> torch.Tensor:
+    """Teacher hidden states at the scored positions ``[N, hidden]``: one forward over the packed documents."""
+    with torch.no_grad():
+        hidden = last_hidden_states(teacher, batch.teacher_input_ids, batch.teacher_position_ids)
+        return hidden.index_select(0, batch.teacher_positions)
+
+
+def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, normalizer: float | None = None) -> LossOutput:
+    """The configured objective on one packed batch.
+
+    ``normalizer`` is what the summed loss is divided by: the global number of documents
+    (``document`` normalization) or scored tokens (``token``) in the optimizer step, so the gradient
+    does not depend on how documents are spread over micro-batches and ranks. Defaults to this batch's.
+    """
+    if normalizer is None:
+        normalizer = batch.num_documents if cfg.normalization == "document" else batch.num_target_tokens
+    student_hidden = last_hidden_states(student, batch.student_input_ids, batch.student_position_ids)
+    student_hidden = student_hidden.index_select(0, batch.student_positions)
+    teacher_hidden = teacher_weight = None
+    if cfg.needs_teacher:
+        teacher_hidden = compute_teacher_hidden(teacher, batch)
+        teacher_weight = output_head_weight(teacher).detach()
+    if cfg.name == "disc":
+        scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.temperature)
+    elif cfg.name == "ft":
+        scales = dict(ce_scale=1.0, kl_scale=0.0, temperature=1.0)
+    else:
+        scales = dict(ce_scale=1.0, kl_scale=cfg.ft_kl_beta, temperature=cfg.ft_kl_temperature)
+    loss_sum, stats = chunked_linear_divergence(
+        student_hidden, output_head_weight(student), teacher_hidden, teacher_weight, batch.target_ids,
+        batch.row_weights.to(student_hidden.device), chunk_size=cfg.chunk_size, softcap=final_logit_softcap(student), **scales,
+    )
+    ce_sum, kl_sum = stats.tolist()
+    return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,
+                      num_documents=batch.num_documents, num_target_tokens=batch.num_target_tokens)
+
+
+# --------------------------------------------------------------------------- references (slow, for verification)
+
+
+def reference_disc_loss(student, teacher, examples: list[DocumentExample], temperature: float = 2.0) -> torch.Tensor:
+    """DiSC as the public reference code computes it: per split, one teacher pass over prefix+split and one
+    student pass over the split alone, full logits, ``kl_div(batchmean) * T^2``; mean over splits, then
+    over documents. 2k forward passes per document: use only to check the packed implementation."""
+    per_document = []
+    for example in examples:
+        ids, special = example.input_ids, example.input_ids[: example.num_special_prefix]
+        per_split = []
+        for start, end in example.split_spans:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=torch.tensor([ids[:end]])).logits[0, start : end - 1]
+            student_logits = student(input_ids=torch.tensor([special + ids[start:end]])).logits[0]
+            student_logits = student_logits[len(special) : len(special) + end - start - 1]
+            per_split.append(F.kl_div(F.log_softmax(student_logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                                      log_target=True, reduction="batchmean") * temperature**2)
+        per_document.append(torch.stack(per_split).mean())
+    return torch.stack(per_document).mean()
+
+
+def reference_lm_loss(student, teacher, examples: list[DocumentExample], beta: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+    """``ft`` (beta=0) / ``ft_kl`` on full logits, one document at a time; mean over documents."""
+    per_document = []
+    for example in examples:
+        ids = torch.tensor([example.input_ids])
+        first = max(example.num_special_prefix - 1, 0)
+        logits = student(input_ids=ids).logits[0, first:-1]
+        loss = F.cross_entropy(logits, ids[0, first + 1 :])
+        if beta:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids).logits[0, first:-1]
+            loss = loss + beta * temperature**2 * F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                                                            log_target=True, reduction="batchmean")
+        per_document.append(loss)
+    return torch.stack(per_document).mean()

@@ -1,0 +1,269 @@
+"""Sentence segmentation, sentence -> token spans, and DiSC split strategies (pure Python, no torch).
+
+A document is tokenized ONCE with character offsets; sentences found by the segmenter are mapped to
+token spans of that single tokenization (re-tokenizing sentences separately would drop the
+whitespace between them and change token ids). A *split* is a token span ``[start, end)`` of the
+document: the teacher reads ``input_ids[:end]`` (the prefix, then the span), the student reads the
+span alone. Every strategy returns such spans, so one teacher forward over the document serves all.
+
+Long documents are cut into windows of at most ``max_length`` tokens at sentence boundaries; each
+window is its own training example with its own split points (a sentence longer than a window is
+cut into window-sized pieces). So the teacher's context never exceeds ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import blingfire
+
+MIN_SPLIT_TOKENS = 2  # the loss covers tokens 2..L of a split, so a split needs at least 2 tokens
+Span = tuple[int, int]
+
+
+class DocumentSkipped(ValueError):
+    """A document that yields no training example; ``reason`` is a short code that gets counted."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How split points are chosen; see STRATEGIES for the names."""
+
+    strategy: str = "sentence_boundary"
+    num_splits: int = 5
+    """k: split points per document (``sentence_boundary``: k-1 random sentences + the last one)."""
+    suffix_tokens: int = 32
+    """Suffix length for ``token_random_variable_suffix`` (0: run to the end of the document)."""
+    seed: int = 0
+    """Split points of a document depend only on (seed, document text): re-runs give identical rows."""
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"split.strategy: unknown strategy {self.strategy!r}; choose from {sorted(STRATEGIES)}")
+        if self.num_splits < 1:
+            raise ValueError(f"split.num_splits must be >= 1, got {self.num_splits}")
+        if self.suffix_tokens < 0:
+            raise ValueError(f"split.suffix_tokens must be >= 0, got {self.suffix_tokens}")
+
+
+@dataclass
+class DocumentExample:
+    """One training example: a document (or a window of one) and its chosen splits.
+
+    ``input_ids`` starts with ``num_special_prefix`` special tokens the tokenizer adds (e.g. BOS); the
+    student sees those too, then the split's tokens. ``split_spans`` index into ``input_ids``.
+    """
+
+    input_ids: list[int]
+    sentence_spans: list[Span]
+    split_spans: list[Span] = field(default_factory=list)
+    num_special_prefix: int = 0
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def segment_sentences(text: str) -> list[Span]:
+    """Character spans ``[start, end)`` of the sentences of ``text`` (blingfire: ships its model, offline)."""
+    if not text.strip():
+        return []
+    _, offsets = blingfire.text_to_sentences_and_offsets(text)
+    return [(int(s), int(e)) for s, e in offsets if e > s]
+
+
+def sentence_token_spans(text: str, token_offsets: list[Span], sentence_chars: list[Span], first: int) -> list[Span]:
+    """Map sentence character spans to token spans of one tokenization.
+
+    A token belongs to the sentence holding its first non-space character (BPE tokenizers glue the
+    space before a sentence to its first token). Tokens ``[:first]`` are special prefix tokens.
+    Returns contiguous, non-overlapping spans covering tokens ``first..len(token_offsets)``.
+    """
+    starts = [s for s, _ in sentence_chars]
+    owner = []
+    for start, end in token_offsets[first:]:
+        while start < end and text[start].isspace():
+            start += 1
+        owner.append(max(bisect.bisect_right(starts, start) - 1, 0))
+    spans: list[Span] = []
+    for i, sentence in enumerate(owner):
+        position = first + i
+        if spans and owner[i - 1] == sentence:
+            spans[-1] = (spans[-1][0], position + 1)
+        else:
+            spans.append((position, position + 1))
+    return spans
+
+
+def _window_sentence_spans(spans: list[Span], max_content: int) -> list[list[Span]]:
+    """Group consecutive sentence spans into windows of at most ``max_content`` tokens (cutting long sentences)."""
+    pieces: list[Span] = []
+    for start, end in spans:
+        for cut in range(start, end, max_content):
+            pieces.append((cut, min(cut + max_content, end)))
+    windows: list[list[Span]] = [[]]
+    for piece in pieces:
+        window_start = windows[-1][0][0] if windows[-1] else piece[0]
+        if windows[-1] and piece[1] - window_start > max_content:
+            windows.append([])
+        windows[-1].append(piece)
+    return [w for w in windows if w]
+
+
+def tokenize_document(text, tokenizer, max_length: int = 2048) -> list[DocumentExample]:
+    """Tokenize a document once (with offsets), find its sentences' token spans, window it to ``max_length``.
+
+    Raises DocumentSkipped for inputs that give nothing to train on (not text, empty, no tokens).
+    """
+    if not isinstance(text, str):
+        raise DocumentSkipped("not_text", f"expected a string document, got {type(text).__name__}")
+    if not text.strip():
+        raise DocumentSkipped("empty", "document is empty or whitespace only")
+    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    special = set(tokenizer.all_special_ids)
+    first = 0
+    while first < len(ids) and ids[first] in special and offsets[first] == (0, 0):
+        first += 1
+    last = len(ids)
+    while last > first and ids[last - 1] in special and offsets[last - 1] == (0, 0):
+        last -= 1  # trailing EOS added by some tokenizers is not part of any sentence
+    if last - first == 0:
+        raise DocumentSkipped("no_tokens", "document tokenizes to nothing")
+    spans = sentence_token_spans(text, offsets[:last], segment_sentences(text), first)
+    prefix = ids[:first]
+    max_content = max_length - first
+    if max_content < MIN_SPLIT_TOKENS:
+        raise ValueError(f"max_length={max_length} leaves no room for document tokens")
+    examples = []
+    for window in _window_sentence_spans(spans, max_content):
+        start, end = window[0][0], window[-1][1]
+        shift = start - first
+        examples.append(
+            DocumentExample(
+                input_ids=prefix + ids[start:end],
+                sentence_spans=[(s - shift, e - shift) for s, e in window],
+                num_special_prefix=first,
+            )
+        )
+    return examples
+
+
+# --------------------------------------------------------------------------- split strategies
+# Each strategy takes the sentence token spans of one example, the content token range
+# [first, total) and a seeded RNG, and returns split spans. A split at the first sentence
+# (or token ``first``) is never chosen: with no prefix the teacher knows nothing extra.
+
+
+def _long_enough(spans: list[Span]) -> list[Span]:
+    return [(s, e) for s, e in spans if e - s >= MIN_SPLIT_TOKENS]
+
+
+def sentence_boundary(sentences, first, total, rng, cfg) -> list[Span]:
+    """Paper default: k-1 random interior sentences plus always the last sentence."""
+    candidates = list(range(1, len(sentences) - 1))
+    chosen = rng.sample(candidates, min(cfg.num_splits - 1, len(candidates))) if len(sentences) > 1 else []
+    if len(sentences) > 1:
+        chosen.append(len(sentences) - 1)
+    return _long_enough([sentences[i] for i in sorted(chosen)])
+
+
+def middle_only(sentences, first, total, rng, cfg) -> list[Span]:
+    """Ablation: one split at the middle sentence."""
+    return _long_enough([sentences[len(sentences) // 2]]) if len(sentences) > 1 else []
+
+
+def fixed_uniform_sentence(sentences, first, total, rng, cfg) -> list[Span]:
+    """Ablation: k evenly spaced sentences, ending at the last one."""
+    n = len(sentences)
+    if n < 2:
+        return []
+    k = min(cfg.num_splits, n - 1)
+    step = (n - 1) / k
+    chosen = sorted({max(1, round(step * (i + 1))) for i in range(k)})
+    return _long_enough([sentences[i] for i in chosen])
+
+
+def _random_positions(first, total, rng, k) -> list[int]:
+    candidates = range(first + 1, total - 1)
+    return sorted(rng.sample(candidates, min(k, len(candidates))))
+
+
+def _spans_to_next(positions: list[int], total: int) -> list[Span]:
+    ends = positions[1:] + [total]
+    return _long_enough(list(zip(positions, ends)))
+
+
+def token_random(sentences, first, total, rng, cfg) -> list[Span]:
+    """Ablation: k random token positions; each suffix runs to the next split point (no overlap)."""
+    return _spans_to_next(_random_positions(first, total, rng, cfg.num_splits), total)
+
+
+def token_uniform(sentences, first, total, rng, cfg) -> list[Span]:
+    """Ablation: k evenly spaced token positions; each suffix runs to the next one."""
+    content = total - first
+    if content < 4:
+        return []
+    k = min(cfg.num_splits, content - 2)
+    step = content / (k + 1)
+    positions = sorted({first + max(1, round(step * (i + 1))) for i in range(k)})
+    return _spans_to_next(positions, total)
+
+
+def token_random_variable_suffix(sentences, first, total, rng, cfg) -> list[Span]:
+    """Ablation: k random token positions, each suffix ``suffix_tokens`` long (0: to the end)."""
+    positions = _random_positions(first, total, rng, cfg.num_splits)
+    length = cfg.suffix_tokens or total
+    return _long_enough([(p, min(p + length, total)) for p in positions])
+
+
+STRATEGIES: dict[str, Callable[..., list[Span]]] = {
+    "sentence_boundary": sentence_boundary,
+    "middle_only": middle_only,
+    "fixed_uniform_sentence": fixed_uniform_sentence,
+    "token_random": token_random,
+    "token_uniform": token_uniform,
+    "token_random_variable_suffix": token_random_variable_suffix,
+}
+
+
+def document_rng(seed: int, text: str, window: int = 0) -> random.Random:
+    """An RNG that depends only on the seed and the document's content (not on order or worker)."""
+    digest = hashlib.sha256(f"{seed}\x00{window}\x00{text}".encode("utf-8", "surrogatepass")).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def choose_split_spans(example: DocumentExample, cfg: SplitConfig, rng: random.Random) -> list[Span]:
+    """Apply the configured strategy to one example; short sentences (< 2 tokens) are never chosen."""
+    sentences = example.sentence_spans
+    return STRATEGIES[cfg.strategy](sentences, example.num_special_prefix, len(example.input_ids), rng, cfg)
+
+
+def prepare_document(text, tokenizer, cfg: SplitConfig, max_length: int = 2048, with_splits: bool = True) -> list[DocumentExample]:
+    """Text -> training examples with split spans (DiSC) or without (``with_splits=False``: ft, ft_kl).
+
+    Raises DocumentSkipped with a reason code when nothing can be trained on; callers count these.
+    """
+    examples = tokenize_document(text, tokenizer, max_length)
+    if not with_splits:
+        kept = [ex for ex in examples if len(ex.input_ids) - ex.num_special_prefix >= MIN_SPLIT_TOKENS]
+        if not kept:
+            raise DocumentSkipped("too_short", "document has fewer than 2 tokens")
+        return kept
+    kept = []
+    for window, example in enumerate(examples):
+        example.split_spans = choose_split_spans(example, cfg, document_rng(cfg.seed, text, window))
+        if example.split_spans:
+            kept.append(example)
+    if not kept:
+        if all(len(ex.sentence_spans) < 2 for ex in examples) and cfg.strategy in ("sentence_boundary", "middle_only", "fixed_uniform_sentence"):
+            raise DocumentSkipped("single_sentence", "a sentence-level split needs at least 2 sentences")
+        raise DocumentSkipped("no_split_points", f"strategy {cfg.strategy} found no split of >= {MIN_SPLIT_TOKENS} tokens")
+    return kept

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real tokenizer, tiny random models of the embedded default's family, real data."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+BIOASQ = SHARED_DATA / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
+IFEVAL = SHARED_DATA / "ifeval" / "input_data.jsonl"
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded default converted to safetensors (once per machine, ~30 s; cached afterwards)."""
+    from disc_ray.models import embedded_default_dir
+
+    return embedded_default_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    from disc_ray.models import load_tokenizer
+
+    return load_tokenizer(str(embedded_dir))
+
+
+@pytest.fixture()
+def tiny_model(embedded_dir):
+    """A fresh 2-layer random model with the real tokenizer (function scope: tests may train it)."""
+    from disc_ray.models import build_tiny_model
+
+    model, _ = build_tiny_model(str(embedded_dir))
+    return model
+
+
+@pytest.fixture()
+def student_teacher(tiny_model):
+    """(student, teacher): the teacher is the frozen initial model, the student slightly perturbed."""
+    teacher = copy.deepcopy(tiny_model).eval().requires_grad_(False)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=generator))
+    return tiny_model, teacher
+
+
+@pytest.fixture(scope="session")
+def bioasq_passages() -> list[str]:
+    rows = [json.loads(line) for line in BIOASQ.read_text().splitlines() if line.strip()]
+    return [row["meta"]["context"] for row in rows]
