@@ -1,7 +1,6 @@
 """The ``disc-ray`` command line. Each subcommand lives next to the code it drives.
 
-    disc-ray adapt [--config FILE] [--train.lr 1e-5 ...]   single-process adaptation (no Ray)
-    disc-ray synth OUT_DIR [--num-documents N] [--seed S]  write the built-in synthetic corpus
+    disc-ray adapt [--config FILE] [--train.lr 1e-5 ...]   the main job (same as jobs/adapt.py)
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import sys
 
 # module -> function that adds its subcommands; imported lazily so `disc-ray --help` stays fast
 SUBCOMMAND_MODULES = [
+    "disc_ray.adapt",
 ]
 
 

@@ -53,7 +53,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation) or (Any, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
+        shorthand = getattr(annotation, "SHORTHAND_FIELD", None)
+        if shorthand and isinstance(value, str):  # --model X means --model.name_or_path X
+            value = {shorthand: value}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {annotation.__name__} fields, got {value!r}")
         return build_dataclass(annotation, value, key)
@@ -184,6 +192,8 @@ def dump_config(cfg, path: str | Path) -> None:
 class ModelConfig:
     """Which model to adapt (it is also the frozen teacher)."""
 
+    SHORTHAND_FIELD: typing.ClassVar[str] = "name_or_path"
+
     name_or_path: str = "smollm2-135m-instruct"
     """The embedded default, a local Hugging Face directory, a ``.gguf`` file, or a hub id."""
     dtype: str = "float32"
@@ -234,3 +244,127 @@ class TrainConfig:
             raise ValueError("train.warmup_steps and train.max_grad_norm must be >= 0")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"train.max_steps must be -1 (run the epochs) or >= 1, got {self.max_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkersConfig:
+    """The Ray Train worker group."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    custom_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Extra Ray resources each worker needs, e.g. ``{"train_group": 1}`` to land on a node group."""
+    mixed_precision: bool = True
+    """On GPU: bf16 compute with fp32 master weights (FSDP2 MixedPrecisionPolicy). Ignored on CPU."""
+    activation_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ValueError(f"workers.num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise ValueError("workers.cpus_per_worker and workers.gpus_per_worker must be >= 0")
+
+    def resources_per_worker(self) -> dict[str, float]:
+        resources = {"CPU": self.cpus_per_worker, **self.custom_resources}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus_per_worker
+        return resources
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Where the run lives: checkpoints and metrics under ``storage_path/name``, the exported model in ``output_dir``."""
+
+    name: str = "disc-adapt"
+    """Run name; launching again with the same name resumes from its last checkpoint."""
+    storage_path: str = "~/disc-ray-runs"
+    """Local folder or cloud URI (``s3://bucket/runs``) shared by all nodes."""
+    output_dir: str | None = None
+    """Where the exported Hugging Face model is copied (default: ``<storage_path>/<name>/model``)."""
+    checkpoint_every_n_steps: int = 50
+    num_checkpoints_to_keep: int = 2
+    max_failures: int = 0
+    """Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint)."""
+    ray_address: str | None = None
+    """Cluster to connect to; default: $RAY_ADDRESS (set by ``ray job submit``) or a new local cluster."""
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"run.name must be a non-empty name without '/', got {self.name!r}")
+        if self.checkpoint_every_n_steps < 1 or self.num_checkpoints_to_keep < 1:
+            raise ValueError("run.checkpoint_every_n_steps and run.num_checkpoints_to_keep must be >= 1")
+        if self.max_failures < -1:
+            raise ValueError(f"run.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+
+    def resolved_storage_path(self) -> str:
+        return self.storage_path if "://" in self.storage_path else str(Path(self.storage_path).expanduser().resolve())
+
+    def resolved_output_dir(self) -> str:
+        if self.output_dir:
+            return str(Path(self.output_dir).expanduser().resolve())
+        if "://" in self.storage_path:
+            raise ValueError("run.output_dir must be set to a local folder when run.storage_path is a cloud URI")
+        return str(Path(self.resolved_storage_path()) / self.name / "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The corpus and how it is read, cleaned and cut (see ``disc_ray.data``)."""
+
+    path: str | None = None
+    """JSONL(.gz), Parquet file/folder/glob, text folder or file, a ``save_to_disk`` folder or a hub dataset id;
+    None: the built-in synthetic corpus."""
+    format: str = "auto"
+    """auto | jsonl | parquet | text (one document per file) | text_lines (one per line) | hf_disk | hub"""
+    text_field: str = "text"
+    """Column holding the document; dotted paths (``meta.context``) reach into nested JSON."""
+    normalize_unicode: str = "NFKC"
+    """NFC | NFKC | NFD | NFKD | none"""
+    dedupe: bool = True
+    min_chars: int = 1
+    max_chars: int = 20_000_000
+    max_length: int = 2048
+    """Tokens per training example; longer documents are cut into windows at sentence boundaries."""
+    strict: bool = False
+    """Raise on the first bad row instead of counting it and writing it to ``rejects_path``."""
+    rejects_path: str | None = None
+    synthetic_documents: int = 64
+    """Size of the built-in synthetic corpus when ``path`` is None."""
+    concurrency: int = 1
+    """Ray Data CPU workers for segmentation + tokenization."""
+
+    def __post_init__(self):
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"data.format must be one of {sorted(DATA_FORMATS)}, got {self.format!r}")
+        if self.normalize_unicode not in ("NFC", "NFKC", "NFD", "NFKD", "none"):
+            raise ValueError(f"data.normalize_unicode must be NFC, NFKC, NFD, NFKD or none, got {self.normalize_unicode!r}")
+        if self.min_chars < 0 or self.max_chars < self.min_chars:
+            raise ValueError(f"data.min_chars/max_chars must satisfy 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
+        if self.max_length < 8:
+            raise ValueError(f"data.max_length must be >= 8 tokens, got {self.max_length}")
+        if not self.text_field:
+            raise ValueError("data.text_field must not be empty")
+        if self.synthetic_documents < 1 or self.concurrency < 1:
+            raise ValueError("data.synthetic_documents and data.concurrency must be >= 1")
+
+
+DATA_FORMATS = {"auto", "jsonl", "parquet", "text", "text_lines", "hf_disk", "hub"}
+
+
+from disc_ray.objectives import ObjectiveConfig  # noqa: E402  (configs of their own modules)
+from disc_ray.splits import SplitConfig  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    """Everything ``jobs/adapt.py`` takes: one YAML file, overridable as ``--section.key value``."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    workers: WorkersConfig = dataclasses.field(default_factory=WorkersConfig)
+    run: RunSettings = dataclasses.field(default_factory=RunSettings)

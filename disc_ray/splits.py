@@ -267,3 +267,35 @@ def prepare_document(text, tokenizer, cfg: SplitConfig, max_length: int = 2048, 
             raise DocumentSkipped("single_sentence", "a sentence-level split needs at least 2 sentences")
         raise DocumentSkipped("no_split_points", f"strategy {cfg.strategy} found no split of >= {MIN_SPLIT_TOKENS} tokens")
     return kept
+
+
+# --------------------------------------------------------------------------- Arrow rows
+# The row schema the data pipeline writes and the trainer reads (lists of ints, Arrow-friendly).
+ROW_COLUMNS = ("input_ids", "split_starts", "split_ends", "num_special_prefix")
+
+
+def example_to_row(example: DocumentExample) -> dict:
+    """A DocumentExample as a flat row: token ids, split spans as two int lists, the special-prefix length."""
+    return {
+        "input_ids": list(example.input_ids),
+        "split_starts": [s for s, _ in example.split_spans],
+        "split_ends": [e for _, e in example.split_spans],
+        "num_special_prefix": example.num_special_prefix,
+        "num_tokens": len(example.input_ids),
+    }
+
+
+def row_to_example(row) -> DocumentExample:
+    """Inverse of :func:`example_to_row` (accepts lists or numpy arrays)."""
+    starts, ends = row["split_starts"], row["split_ends"]
+    return DocumentExample(
+        input_ids=[int(t) for t in row["input_ids"]],
+        sentence_spans=[],
+        split_spans=[(int(s), int(e)) for s, e in zip(starts, ends)],
+        num_special_prefix=int(row["num_special_prefix"]),
+    )
+
+
+def batch_to_examples(batch: dict) -> list[DocumentExample]:
+    """A columnar batch (``iter_batches(batch_format="numpy")``) -> DocumentExamples."""
+    return [row_to_example({column: batch[column][i] for column in ROW_COLUMNS}) for i in range(len(batch["input_ids"]))]
