@@ -1,6 +1,7 @@
 """The ``disc-ray`` command line. Each subcommand lives next to the code it drives.
 
     disc-ray adapt [--config FILE] [--train.lr 1e-5 ...]   the main job (same as jobs/adapt.py)
+    disc-ray synth OUT_DIR [--num-documents N] [--seed S]  write the built-in synthetic corpus
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import sys
 # module -> function that adds its subcommands; imported lazily so `disc-ray --help` stays fast
 SUBCOMMAND_MODULES = [
     "disc_ray.adapt",
+    "disc_ray.evaluation.runner",
+    "disc_ray.evaluation.report",
+    "disc_ray.synthetic",
 ]
 
 

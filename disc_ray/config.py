@@ -289,6 +289,8 @@ class RunSettings:
     """Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint)."""
     ray_address: str | None = None
     """Cluster to connect to; default: $RAY_ADDRESS (set by ``ray job submit``) or a new local cluster."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface a local cluster's dashboard listens on; only change it behind a firewall or tunnel."""
 
     def __post_init__(self):
         if not self.name or "/" in self.name:

@@ -18,6 +18,7 @@ objectives); this module only adds distribution:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -207,8 +208,9 @@ def train_loop_per_worker(config: dict) -> None:
             state.update(step=state["step"] + 1, epoch=epoch, batches_in_epoch=batches_in_epoch,
                          documents_seen=state["documents_seen"] + int(documents))
             finished = state["step"] >= total_steps
+            step_time_s = time.perf_counter() - started
             metrics.update(loss=loss, ce=ce, kl=kl, tokens=tokens, documents=documents, step=state["step"], epoch=epoch,
-                           documents_seen=state["documents_seen"], tokens_per_s=tokens / (time.perf_counter() - started))
+                           documents_seen=state["documents_seen"], step_time_s=step_time_s, tokens_per_s=tokens / step_time_s)
             should_log = state["step"] % cfg.train.log_every_n_steps == 0 or finished
             should_checkpoint = state["step"] % cfg.run.checkpoint_every_n_steps == 0 and not finished
             if should_log or should_checkpoint:
@@ -241,14 +243,19 @@ def train_loop_per_worker(config: dict) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to a cluster (``RAY_ADDRESS`` / ``ray job submit``) or start a local one, dashboard on localhost."""
+def ensure_ray(cfg: AdaptConfig) -> None:
+    """Connect to a cluster (``run.ray_address`` or ``RAY_ADDRESS``, as set by ``ray job submit``) or start a
+    local one. A local cluster gets enough logical CPUs for the training workers AND the Ray Data tasks
+    that feed them (otherwise streaming data would wait forever for a CPU), and its dashboard listens
+    on ``run.dashboard_host`` (localhost unless configured)."""
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=True)
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + cfg.data.concurrency
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), dashboard_host=cfg.run.dashboard_host)
 
 
 def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:
@@ -286,7 +293,7 @@ def launch(cfg: AdaptConfig, log=print) -> dict:
     from disc_ray.models import resolve_model_source
 
     model_source = resolve_model_source(cfg.model.name_or_path, cfg.model.cache_dir)  # fails fast, converts once
-    ensure_ray(cfg.run.ray_address)
+    ensure_ray(cfg)
     dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
                                              tokenizer=model_source)
     log(f"[disc-ray] data: {report.format()}")
