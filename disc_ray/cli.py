@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = [
     "disc_ray.evaluation.runner",
     "disc_ray.evaluation.report",
     "disc_ray.synthetic",
+    "disc_ray.data",
 ]
 
 

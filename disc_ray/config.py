@@ -311,51 +311,10 @@ class RunSettings:
         return str(Path(self.resolved_storage_path()) / self.name / "model")
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """The corpus and how it is read, cleaned and cut (see ``disc_ray.data``)."""
-
-    path: str | None = None
-    """JSONL(.gz), Parquet file/folder/glob, text folder or file, a ``save_to_disk`` folder or a hub dataset id;
-    None: the built-in synthetic corpus."""
-    format: str = "auto"
-    """auto | jsonl | parquet | text (one document per file) | text_lines (one per line) | hf_disk | hub"""
-    text_field: str = "text"
-    """Column holding the document; dotted paths (``meta.context``) reach into nested JSON."""
-    normalize_unicode: str = "NFKC"
-    """NFC | NFKC | NFD | NFKD | none"""
-    dedupe: bool = True
-    min_chars: int = 1
-    max_chars: int = 20_000_000
-    max_length: int = 2048
-    """Tokens per training example; longer documents are cut into windows at sentence boundaries."""
-    strict: bool = False
-    """Raise on the first bad row instead of counting it and writing it to ``rejects_path``."""
-    rejects_path: str | None = None
-    synthetic_documents: int = 64
-    """Size of the built-in synthetic corpus when ``path`` is None."""
-    concurrency: int = 1
-    """Ray Data CPU workers for segmentation + tokenization."""
-
-    def __post_init__(self):
-        if self.format not in DATA_FORMATS:
-            raise ValueError(f"data.format must be one of {sorted(DATA_FORMATS)}, got {self.format!r}")
-        if self.normalize_unicode not in ("NFC", "NFKC", "NFD", "NFKD", "none"):
-            raise ValueError(f"data.normalize_unicode must be NFC, NFKC, NFD, NFKD or none, got {self.normalize_unicode!r}")
-        if self.min_chars < 0 or self.max_chars < self.min_chars:
-            raise ValueError(f"data.min_chars/max_chars must satisfy 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
-        if self.max_length < 8:
-            raise ValueError(f"data.max_length must be >= 8 tokens, got {self.max_length}")
-        if not self.text_field:
-            raise ValueError("data.text_field must not be empty")
-        if self.synthetic_documents < 1 or self.concurrency < 1:
-            raise ValueError("data.synthetic_documents and data.concurrency must be >= 1")
 
 
-DATA_FORMATS = {"auto", "jsonl", "parquet", "text", "text_lines", "hf_disk", "hub"}
-
-
-from disc_ray.objectives import ObjectiveConfig  # noqa: E402  (configs of their own modules)
+from disc_ray.data import DataConfig  # noqa: E402  (configs live next to their modules; no Ray import)
+from disc_ray.objectives import ObjectiveConfig  # noqa: E402
 from disc_ray.splits import SplitConfig  # noqa: E402
 
 

@@ -17,6 +17,7 @@ objectives); this module only adds distribution:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -254,7 +255,7 @@ def ensure_ray(cfg: AdaptConfig) -> None:
     if address:
         ray.init(address=address)
         return
-    needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + cfg.data.concurrency
+    needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + (cfg.data.concurrency or 1) * cfg.data.num_cpus_per_worker
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), dashboard_host=cfg.run.dashboard_host)
 
 
@@ -294,6 +295,9 @@ def launch(cfg: AdaptConfig, log=print) -> dict:
 
     model_source = resolve_model_source(cfg.model.name_or_path, cfg.model.cache_dir)  # fails fast, converts once
     ensure_ray(cfg)
+    storage = cfg.run.resolved_storage_path()
+    if cfg.data.output_dir is None and "://" not in storage:  # processed rows + rejects live with the run
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, output_dir=str(Path(storage) / cfg.run.name / "data")))
     dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
                                              tokenizer=model_source)
     log(f"[disc-ray] data: {report.format()}")

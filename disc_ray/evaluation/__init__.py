@@ -1,0 +1,40 @@
+"""Evaluation of adapted models: how much of the new domain they learned, how much skill they kept.
+
+Suites (one module each): ``domain_mcq`` (:mod:`.mcq`: option log-likelihood and the answer-tag
+generation protocol), ``domain_qa`` (:mod:`.qa`), ``ifeval`` (:mod:`.ifeval`: lm-eval's checkers,
+offline), ``drift`` (:mod:`.drift`: KL(original || adapted) and NLL on the original's own responses)
+and ``lm_eval:<task>`` (:mod:`.lm_eval_tasks`). Backends (:mod:`.backends`): ``hf`` (transformers),
+``vllm`` (``vllm.LLM``), ``ray_vllm`` (:mod:`.ray_backend`: Ray Data + ``ray.data.llm``).
+
+    from disc_ray.evaluation import EvalConfig, evaluate
+    record = evaluate("runs/demo/model", EvalConfig(limit=32), baseline="smollm2-135m-instruct", out_dir="runs/demo/eval")
+
+Command lines: ``python jobs/evaluate.py MODEL_DIR ...`` (:mod:`.runner`), ``disc-ray report RUN_DIR...`` (:mod:`.report`).
+Names are imported lazily so ``import disc_ray.evaluation`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EvalConfig": "config", "VLLMSettings": "config", "EvalInputError": "config", "SUITE_VERSIONS": "config",
+    "GenerationBackend": "backends", "HFBackend": "backends", "VLLMBackend": "backends", "build_backend": "backends",
+    "BackendUnavailableError": "backends",
+    "RayDataVLLMBackend": "ray_backend",
+    "SuiteResult": "suite",
+    "run_mcq_suite": "mcq", "run_qa_suite": "qa", "run_ifeval_suite": "ifeval", "load_ifeval_checkers": "ifeval",
+    "compute_drift": "drift", "build_drift_batches": "drift", "reference_responses": "drift", "DriftBatch": "drift",
+    "run_drift_suite": "drift",
+    "select_best": "selection", "run_scores": "selection", "RunScores": "selection", "Selection": "selection",
+    "evaluate": "runner", "evaluate_suites": "runner",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'disc_ray.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"disc_ray.evaluation.{_EXPORTS[name]}"), name)

@@ -1,0 +1,142 @@
+"""Typed settings for an evaluation run (:class:`EvalConfig`) and the names of the suites.
+
+Every knob has a CPU-friendly default; the GPU settings live in :class:`VLLMSettings`.
+
+    cfg = EvalConfig(suites=("domain_mcq", "ifeval", "drift"), limit=16, backend="hf")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
+DEFAULT_MCQ_PATH = SHARED_DATA / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
+DEFAULT_IFEVAL_PATH = SHARED_DATA / "ifeval" / "input_data.jsonl"
+
+BUILTIN_SUITES = ("domain_mcq", "domain_qa", "ifeval", "drift")
+LM_EVAL_PREFIX = "lm_eval:"
+"""``lm_eval:gsm8k`` runs lm-eval's own ``gsm8k`` task (needs the hub for its data set)."""
+BACKENDS = ("hf", "vllm", "ray_vllm")
+MCQ_MODES = ("ll", "gen")
+
+# Bump a suite's version whenever its prompts, parsing or scoring change: scores with different
+# versions are not comparable. The data file's hash is recorded next to it.
+SUITE_VERSIONS = {"domain_mcq": "1", "domain_qa": "1", "ifeval": "1", "drift": "1"}
+
+
+class EvalInputError(ValueError):
+    """Bad user input for an evaluation (missing file, malformed row, unusable model dir)."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested engine is not installed or cannot run here; the message says what to install."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VLLMSettings:
+    """Engine settings of the ``vllm`` and ``ray_vllm`` backends (ignored by ``hf``)."""
+
+    tensor_parallel_size: int = 1
+    """GPUs per engine."""
+    max_model_len: int | None = 4096
+    """Longest prompt + generation the engine plans memory for; None lets vLLM read it from the model."""
+    gpu_memory_utilization: float = 0.85
+    """Fraction of each GPU's memory vLLM may take (weights + KV cache)."""
+    replicas: int = 1
+    """``ray_vllm`` only: engine replicas Ray Data spreads the prompts over."""
+    ray_batch_size: int = 64
+    """``ray_vllm`` only: rows per Ray Data batch sent to an engine."""
+
+    def __post_init__(self):
+        if self.tensor_parallel_size < 1 or self.replicas < 1 or self.ray_batch_size < 1:
+            raise EvalInputError("vllm.tensor_parallel_size, vllm.replicas and vllm.ray_batch_size must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise EvalInputError(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to evaluate and how. Scores come out in percentage points (0-100)."""
+
+    suites: tuple[str, ...] = ("domain_mcq", "ifeval", "drift")
+    """Built-in suites (``domain_mcq``, ``domain_qa``, ``ifeval``, ``drift``) and ``lm_eval:<task>`` names."""
+    backend: str = "hf"
+    """``hf`` (transformers, CPU or GPU), ``vllm`` (one ``vllm.LLM``), ``ray_vllm`` (Ray Data + vLLM replicas)."""
+    device: str = "auto"
+    """``hf`` only: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``..."""
+    dtype: str = "auto"
+    """``auto``: bfloat16 on GPU, float32 on CPU; or a torch dtype name."""
+    seed: int = 0
+    """Seeds the subset choice and the sampling."""
+    limit: int | None = None
+    """At most this many items per suite (a subset fixed by ``seed``); None: all."""
+    batch_size: int = 8
+    """Prompts per generation batch / pairs per scoring batch (``hf``)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    mcq_path: str = str(DEFAULT_MCQ_PATH)
+    """JSONL with ``question``, ``options``, ``correct_index`` (optional ``meta.kind``)."""
+    mcq_modes: tuple[str, ...] = MCQ_MODES
+    """``ll``: option log-likelihood; ``gen``: answer-tag generation with majority vote."""
+    n_samples: int = 5
+    """Generation MCQ: samples per question (majority vote; ties are wrong)."""
+    temperature: float = 1.0
+    """Generation MCQ: sampling temperature (0 with n_samples=1 is greedy)."""
+    mcq_max_new_tokens: int = 128
+    qa_path: str | None = None
+    """JSONL with ``question`` and ``answer`` (string) or ``answers`` (list of aliases)."""
+    qa_max_new_tokens: int = 64
+
+    ifeval_path: str = str(DEFAULT_IFEVAL_PATH)
+    max_new_tokens: int = 512
+    """IFEval: tokens generated per prompt (greedy)."""
+
+    drift_prompts_path: str | None = None
+    """JSONL with ``prompt`` per row; None: the built-in general prompts."""
+    drift_num_prompts: int = 32
+    drift_max_new_tokens: int = 128
+    """Length of the original model's (greedy) reference responses."""
+
+    lm_eval_batch_size: int | str = "auto"
+    max_drop: float = 5.0
+    """Selection rule: most points a retained skill may drop versus the baseline."""
+    domain_metrics: tuple[str, ...] = ("domain_mcq.accuracy_gen", "domain_mcq.accuracy_ll", "domain_qa.contains")
+    """The domain score is the first of these present in a result."""
+    skill_metrics: tuple[str, ...] = ("ifeval.inst_strict",)
+    """Retained skills checked by the selection rule (``lm_eval:*`` suites' ``score`` are added automatically).
+    The paper constrains IFEval's instruction-level strict accuracy (and MATH, HumanEval via lm-eval)."""
+    cache_dir: str | None = None
+    """Where the drift reference responses are cached; None: ``disc_ray.models.default_cache_dir()``."""
+    vllm: VLLMSettings = dataclasses.field(default_factory=VLLMSettings)
+
+    def __post_init__(self):
+        for suite in self.suites:
+            if suite not in BUILTIN_SUITES and not (suite.startswith(LM_EVAL_PREFIX) and len(suite) > len(LM_EVAL_PREFIX)):
+                raise EvalInputError(f"unknown suite {suite!r}; choose from {list(BUILTIN_SUITES)} or lm_eval:<task>")
+        if not self.suites:
+            raise EvalInputError("no suites selected")
+        if self.backend not in BACKENDS:
+            raise EvalInputError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
+        if self.limit is not None and self.limit < 1:
+            raise EvalInputError(f"limit must be >= 1, got {self.limit}")
+        if not set(self.mcq_modes) <= set(MCQ_MODES) or not self.mcq_modes:
+            raise EvalInputError(f"mcq_modes must be a non-empty subset of {list(MCQ_MODES)}, got {list(self.mcq_modes)}")
+        if self.n_samples < 1 or self.batch_size < 1 or self.drift_num_prompts < 1:
+            raise EvalInputError("n_samples, batch_size and drift_num_prompts must be >= 1")
+        if self.temperature < 0:
+            raise EvalInputError(f"temperature must be >= 0, got {self.temperature}")
+        if min(self.max_new_tokens, self.mcq_max_new_tokens, self.qa_max_new_tokens, self.drift_max_new_tokens) < 1:
+            raise EvalInputError("every max_new_tokens setting must be >= 1")
+        if self.max_drop < 0:
+            raise EvalInputError(f"max_drop must be >= 0, got {self.max_drop}")
+        if "domain_qa" in self.suites and not self.qa_path:
+            raise EvalInputError("the domain_qa suite needs a qa_path (--qa-path FILE.jsonl)")
+
+    def replace(self, **changes) -> "EvalConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

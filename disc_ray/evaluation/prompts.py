@@ -1,0 +1,131 @@
+"""Prompt construction and answer parsing shared by every backend (only the engine call differs).
+
+A prompt is either a list of chat messages (rendered with the model's chat template) or a plain
+string (used as is). Both become token ids here, so ``hf`` and ``vllm`` see identical inputs.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Sequence, Union
+
+from disc_ray.evaluation.data import MCQItem, QAItem
+
+Prompt = Union[str, list]
+"""A plain string, or chat messages ``[{"role": "user", "content": "..."}]``."""
+
+LETTERS = string.ascii_uppercase
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> str:
+    """The text the model reads: chat messages go through the chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat messages need a tokenizer with a chat template; this tokenizer has none")
+    return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids of a prompt. A rendered chat template already holds its special tokens, so none are added."""
+    text = render_prompt(tokenizer, prompt)
+    return tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids
+
+
+def encode_pair(tokenizer, context: Prompt, continuation: str) -> tuple[list[int], list[int]]:
+    """``(context_ids, continuation_ids)`` for log-likelihood scoring, split the way lm-eval splits them:
+    encode context and context+continuation, the continuation is what the whole adds. Trailing spaces
+    of the context move to the continuation so word tokens are not split differently."""
+    text = render_prompt(tokenizer, context)
+    stripped = text.rstrip(" ")
+    continuation = text[len(stripped):] + continuation
+    add_special = isinstance(context, str)
+    context_ids = tokenizer(stripped, add_special_tokens=add_special).input_ids
+    whole_ids = tokenizer(stripped + continuation, add_special_tokens=add_special).input_ids
+    if whole_ids[: len(context_ids)] != context_ids:  # the boundary merged into one token: fall back to separate encoding
+        return context_ids, tokenizer(continuation, add_special_tokens=False).input_ids
+    return context_ids, whole_ids[len(context_ids):]
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+
+def format_options(options: Sequence[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {option}" for i, option in enumerate(options))
+
+
+def mcq_generation_prompt(item: MCQItem) -> list[dict]:
+    """The paper's closed-book protocol: question, lettered options, answer in ``<answer>X</answer>``."""
+    letters = ", ".join(LETTERS[: len(item.options)])
+    content = (
+        "Answer the following multiple-choice question. "
+        f"Give your final answer as the letter of the correct option ({letters}) inside answer tags, "
+        "for example <answer>A</answer>.\n\n"
+        f"Question: {item.question}\n\n{format_options(item.options)}"
+    )
+    return [{"role": "user", "content": content}]
+
+
+def mcq_loglikelihood_context(item: MCQItem) -> list[dict]:
+    """Context for scoring each option's text as the assistant's reply (the options are not listed)."""
+    return [{"role": "user", "content": item.question}]
+
+
+_ANSWER_TAG = re.compile(r"<answer>\s*\(?\s*([A-Za-z])\s*\)?\s*(?:[.:)]|</answer>|\s|$)", re.IGNORECASE)
+
+
+def parse_answer_letter(text: str, num_options: int) -> int | None:
+    """Index of the option named in the LAST ``<answer>X</answer>`` tag; None when absent or out of range."""
+    matches = _ANSWER_TAG.findall(text)
+    if not matches:
+        return None
+    index = LETTERS.index(matches[-1].upper())
+    return index if index < num_options else None
+
+
+def majority_vote(votes: Sequence[int | None]) -> int | None:
+    """The most frequent parsed vote (unparseable samples, None, do not vote); None when nothing parsed or the
+    top count is tied. None counts as wrong: ties are wrong, as in the paper's protocol."""
+    counts = collections.Counter(v for v in votes if v is not None).most_common()
+    if not counts or (len(counts) > 1 and counts[0][1] == counts[1][1]):
+        return None
+    return counts[0][0]
+
+
+# --------------------------------------------------------------------------- free-form QA
+
+
+def qa_prompt(item: QAItem) -> list[dict]:
+    content = ("Answer the question with a short answer (a few words) inside answer tags, "
+               f"for example <answer>Paris</answer>.\n\nQuestion: {item.question}")
+    return [{"role": "user", "content": content}]
+
+
+_FREE_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def extract_free_answer(text: str) -> str:
+    """The last tagged answer, else the whole response."""
+    matches = _FREE_ANSWER.findall(text)
+    return matches[-1].strip() if matches else text.strip()
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower case, no punctuation, no articles (a/an/the), single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> bool:
+    normalized = normalize_answer(prediction)
+    return any(normalized == normalize_answer(a) for a in answers)
+
+
+def contains_answer(prediction: str, answers: Sequence[str]) -> bool:
+    """Any normalized alias appears in the normalized prediction as whole words."""
+    padded = f" {normalize_answer(prediction)} "
+    return any(normalize_answer(a) and f" {normalize_answer(a)} " in padded for a in answers)

@@ -1,0 +1,382 @@
+"""Evaluate a model (and optionally its original, the baseline) and write ``eval.json`` + ``eval.md``.
+
+    python jobs/evaluate.py MODEL_DIR [--baseline ORIGINAL] --suites domain_mcq,ifeval,drift [--backend hf]
+                            [--limit N] [--mcq-path FILE] [--out DIR]
+    disc-ray evaluate ...   (same options)
+
+``eval.json``: ``{"model", "name", "backend", "seed", "suites": {suite: metrics}, "baseline": {"model",
+"suites"}, "deltas": {suite: {metric: model - baseline}}, "summary": {...}, "selection": {...}, "config",
+"versions", "timing_s"}``; scores in points (0-100), drift in nats/token. Per-item records go to
+``samples/<suite>.jsonl``. Bad inputs (missing file, malformed row, model without tokenizer) stop the
+run before any model is loaded, with one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from disc_ray.evaluation.config import (BACKENDS, BUILTIN_SUITES, LM_EVAL_PREFIX, BackendUnavailableError, EvalConfig,
+                                        EvalInputError, VLLMSettings)
+from disc_ray.evaluation.data import check_tokenizer_files
+from disc_ray.evaluation.selection import judge, run_scores
+from disc_ray.evaluation.suite import SuiteResult
+
+GENERATION_SUITES = ("domain_mcq", "domain_qa", "ifeval")
+_NOT_SCORES = {"n", "n_instructions", "tokens", "max_new_tokens", "n_samples", "temperature", "version"}
+
+
+def log(message: str) -> None:
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def original_from_manifest(model: str) -> str | None:
+    """The model a disc-ray run started from, read from the exported ``run.json`` (None if unknown)."""
+    manifest = Path(model).expanduser() / "run.json"
+    try:
+        info = json.loads(manifest.read_text())
+        return info["config"]["model"]["name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_eval_json(path: str | Path) -> dict | None:
+    """A previous ``eval.json`` (given as the file or its folder), or None when ``path`` is a model instead."""
+    path = Path(path).expanduser()
+    candidate = path if path.suffix == ".json" else path / "eval.json"
+    if candidate.is_file() and not (path.is_dir() and (path / "config.json").is_file()):
+        try:
+            return json.loads(candidate.read_text())
+        except ValueError as err:
+            raise EvalInputError(f"{candidate} is not valid JSON: {err}") from None
+    if path.suffix == ".json":
+        raise EvalInputError(f"eval.json not found: {path}")
+    return None
+
+
+def check_model(model: str, cfg: EvalConfig) -> None:
+    from disc_ray.models import resolve_model_source
+
+    check_tokenizer_files(model)
+    resolve_model_source(model, cfg.cache_dir)
+
+
+def preflight(model: str, cfg: EvalConfig, baseline: str | None) -> None:
+    """Every check that needs no model weights: data files parse, model paths resolve and carry tokenizers."""
+    from disc_ray.evaluation.data import load_ifeval, load_mcq, load_prompts, load_qa
+
+    check_model(model, cfg)
+    if baseline and load_eval_json(baseline) is None:
+        check_model(baseline, cfg)
+    if "domain_mcq" in cfg.suites:
+        load_mcq(cfg.mcq_path)
+    if "domain_qa" in cfg.suites:
+        load_qa(cfg.qa_path)
+    if "ifeval" in cfg.suites:
+        from disc_ray.evaluation.ifeval import validate_items
+
+        validate_items(load_ifeval(cfg.ifeval_path))
+    if "drift" in cfg.suites and cfg.drift_prompts_path:
+        load_prompts(cfg.drift_prompts_path)
+    if cfg.backend in ("vllm", "ray_vllm"):
+        from disc_ray.evaluation.backends import import_vllm
+
+        import_vllm()
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None) -> tuple[dict[str, SuiteResult], dict, dict]:
+    """Run ``cfg.suites`` on ``model``. ``original``: the model drift is measured from (None: ``model`` is the
+    original, so its drift KL is 0 and its NLL is its own). Returns ``(results, timing_s, backend_stats)``."""
+    results: dict[str, SuiteResult] = {}
+    timing: dict[str, float] = {}
+    stats: dict = {}
+    generation = [s for s in cfg.suites if s in GENERATION_SUITES]
+    backend = None
+    if generation or ("drift" in cfg.suites and cfg.backend == "hf"):
+        from disc_ray.evaluation.backends import build_backend
+
+        started = time.perf_counter()
+        backend = build_backend(model, cfg)
+        timing["load"] = time.perf_counter() - started
+    try:
+        for suite in generation:
+            started = time.perf_counter()
+            results[suite] = run_builtin_suite(suite, backend, cfg)
+            timing[suite] = time.perf_counter() - started
+            log(f"{model}: {suite}: {headline(suite, results[suite].metrics)} ({timing[suite]:.1f} s)")
+        if "drift" in cfg.suites:
+            started = time.perf_counter()
+            results["drift"] = run_drift(model, cfg, original=original, backend=backend)
+            timing["drift"] = time.perf_counter() - started
+            log(f"{model}: drift: {headline('drift', results['drift'].metrics)} ({timing['drift']:.1f} s)")
+    finally:
+        if backend is not None:
+            stats = backend.stats.as_dict()
+            backend.close()
+    for suite in [s for s in cfg.suites if s.startswith(LM_EVAL_PREFIX)]:
+        from disc_ray.evaluation.lm_eval_tasks import run_lm_eval_suite
+
+        started = time.perf_counter()
+        results[suite] = run_lm_eval_suite(model, suite, cfg)
+        timing[suite] = time.perf_counter() - started
+        log(f"{model}: {suite}: score {results[suite].metrics.get('score')} ({timing[suite]:.1f} s)")
+    return results, timing, stats
+
+
+def run_builtin_suite(suite: str, backend, cfg: EvalConfig) -> SuiteResult:
+    if suite == "domain_mcq":
+        from disc_ray.evaluation.mcq import run_mcq_suite
+
+        return run_mcq_suite(backend, cfg)
+    if suite == "domain_qa":
+        from disc_ray.evaluation.qa import run_qa_suite
+
+        return run_qa_suite(backend, cfg)
+    from disc_ray.evaluation.ifeval import run_ifeval_suite
+
+    return run_ifeval_suite(backend, cfg)
+
+
+def run_drift(model: str, cfg: EvalConfig, *, original: str | None, backend) -> SuiteResult:
+    """Drift with transformers models (KL needs full distributions, which vLLM does not return).
+
+    The original's reference responses are generated (or read from the cache) first, with ``backend`` when
+    ``model`` is the original; a vLLM engine is then closed before the transformers models are loaded.
+    """
+    from disc_ray.evaluation.drift import drift_prompts, reference_responses, run_drift_suite
+
+    own_backend = backend if original is None else None
+    reference_responses(original or model, drift_prompts(cfg), max_new_tokens=cfg.drift_max_new_tokens,
+                        backend=own_backend, cfg=cfg)
+    if backend is not None and backend.name == "hf":
+        adapted, tokenizer = backend.model, backend.tokenizer
+    else:
+        from disc_ray.evaluation.backends import resolve_device, resolve_dtype
+        from disc_ray.models import load_model_and_tokenizer
+
+        if backend is not None:
+            backend.close()  # free the GPU for the transformers models
+        device = resolve_device(cfg.device)
+        adapted, tokenizer = load_model_and_tokenizer(model, dtype=resolve_dtype(cfg.dtype, device), device=device,
+                                                      cache_dir=cfg.cache_dir)
+    if original is None:  # the model is its own original: KL is exactly 0, NLL is the original's own
+        return run_drift_suite(adapted, tokenizer, model, cfg, original_model=adapted, reference_backend=own_backend)
+    return run_drift_suite(adapted, tokenizer, original, cfg)
+
+
+def headline(suite: str, metrics: dict) -> str:
+    keys = {"domain_mcq": ("accuracy_ll", "accuracy_ll_norm", "accuracy_gen"), "domain_qa": ("exact_match", "contains"),
+            "ifeval": ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose"), "drift": ("kl", "nll")}[suite]
+    return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics) + f" (n={metrics.get('n')})"
+
+
+# --------------------------------------------------------------------------- model + baseline
+
+
+def compute_deltas(suites: dict, baseline_suites: dict) -> dict:
+    """``model - baseline`` for every top-level numeric score the two share (points; nats for drift)."""
+    deltas = {}
+    for suite, metrics in suites.items():
+        other = baseline_suites.get(suite, {})
+        shared = {k: metrics[k] - other[k] for k, v in metrics.items()
+                  if k not in _NOT_SCORES and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  and isinstance(other.get(k), (int, float)) and not isinstance(other.get(k), bool)}
+        if shared:
+            deltas[suite] = shared
+    return deltas
+
+
+def run_name(model: str) -> str:
+    path = Path(model).expanduser()
+    return path.name if path.name else model
+
+
+def default_out_dir(model: str) -> Path:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path / "eval"
+    return Path("eval") / re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+
+
+def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_dir: str | Path | None = None,
+             name: str | None = None) -> dict:
+    """Evaluate ``model`` (and ``baseline``: a model, or a previous ``eval.json``/its folder) and write the outputs.
+
+    Drift is measured from ``baseline`` (else from the model named in the run's ``run.json``).
+    Returns the ``eval.json`` content.
+    """
+    from disc_ray.export import package_versions
+
+    preflight(model, cfg, baseline)
+    baseline_record = load_eval_json(baseline) if baseline else None
+    original = baseline_record["model"] if baseline_record else baseline
+    if "drift" in cfg.suites and original is None:
+        original = original_from_manifest(model)
+        if original is None:
+            raise EvalInputError("the drift suite needs the original model: pass --baseline ORIGINAL (or leave drift out of --suites)")
+        log(f"drift is measured from {original} (read from {model}/run.json)")
+    out_dir = Path(out_dir) if out_dir else default_out_dir(model)
+    samples: dict[str, list] = {}
+    timing: dict[str, dict] = {}
+    if baseline and baseline_record is None:
+        log(f"evaluating the baseline {baseline}")
+        base_results, timing["baseline"], _ = evaluate_suites(baseline, cfg, original=None)
+        baseline_record = {"model": baseline, "suites": {s: r.metrics for s, r in base_results.items()}}
+        samples.update({f"baseline_{s}": r.samples for s, r in base_results.items()})
+    log(f"evaluating {model}")
+    results, timing["model"], backend_stats = evaluate_suites(model, cfg, original=original)
+    samples.update({s: r.samples for s, r in results.items()})
+    suites = {s: r.metrics for s, r in results.items()}
+    record = dict(model=model, name=name or run_name(model), backend=cfg.backend, seed=cfg.seed, suites=suites)
+    scores = run_scores(record["name"], suites, cfg.domain_metrics, cfg.skill_metrics)
+    record["summary"] = dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills))
+    if baseline_record:
+        record["baseline"] = baseline_record
+        record["deltas"] = compute_deltas(suites, baseline_record["suites"])
+        base_scores = run_scores("baseline", baseline_record["suites"], cfg.domain_metrics, cfg.skill_metrics)
+        verdict = judge(scores, base_scores, cfg.max_drop)
+        record["selection"] = dict(rule=f"best domain score with at most {cfg.max_drop:g} points drop on each retained skill",
+                                   max_drop=cfg.max_drop, eligible=verdict.eligible, reason=verdict.reason,
+                                   skill_drops=dict(verdict.drops), baseline_domain_score=base_scores.domain,
+                                   baseline_skills=dict(base_scores.skills))
+    record.update(config=cfg.to_dict(), versions=package_versions(), timing_s=timing, generation_stats=backend_stats)
+    write_outputs(record, samples, out_dir)
+    return record
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_markdown(record: dict) -> str:
+    """One table: every top-level score of every suite, with the baseline and the delta when present."""
+    baseline = record.get("baseline", {}).get("suites", {})
+    header = ["suite", "metric", record["name"]] + (["baseline", "delta"] if baseline else [])
+    lines = [f"# Evaluation of `{record['model']}`", "",
+             f"backend `{record['backend']}`, seed {record['seed']}; scores in points (0-100), drift in nats/token.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for suite, metrics in record["suites"].items():
+        for key, value in metrics.items():
+            if key in _NOT_SCORES or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            digits = 4 if suite == "drift" else 2
+            row = [suite, key, _fmt(value, digits)]
+            if baseline:
+                delta = record.get("deltas", {}).get(suite, {}).get(key)
+                signed = "-" if delta is None else ("+" if delta >= 0 else "") + _fmt(delta, digits)
+                row += [_fmt(baseline.get(suite, {}).get(key), digits), signed]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append(f"| {suite} | n | {metrics.get('n')} |" + (" | |" if baseline else ""))
+    selection = record.get("selection")
+    if selection:
+        lines += ["", f"**Selection rule** ({selection['rule']}): "
+                  f"{'eligible' if selection['eligible'] else 'NOT eligible'}: {selection['reason']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(record: dict, samples: dict[str, list], out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(record, indent=2, default=str))
+    (out_dir / "eval.md").write_text(format_markdown(record))
+    for suite, records in samples.items():
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", suite)
+        (out_dir / "samples" / f"{safe}.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    return out_dir / "eval.json"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
+    defaults = EvalConfig()
+    p = argparse.ArgumentParser(prog=prog, description="Evaluate an adapted model: domain knowledge, instruction following, drift.")
+    p.add_argument("model", metavar="MODEL_DIR", help="HF model dir, .gguf, hub id or 'smollm2-135m-instruct'")
+    p.add_argument("--baseline", metavar="ORIGINAL", help="the original model (or a previous eval.json / its folder)")
+    p.add_argument("--suites", default=",".join(defaults.suites),
+                   help=f"comma-separated: {', '.join(BUILTIN_SUITES)}, lm_eval:<task> (default %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
+    p.add_argument("--limit", type=int, help="at most N items per suite (a subset fixed by --seed)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", help="output folder (default MODEL_DIR/eval)")
+    p.add_argument("--name", help="run name in tables and plots (default: the model folder's name)")
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--dtype", default=defaults.dtype)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--mcq-path", default=defaults.mcq_path)
+    p.add_argument("--mcq-modes", default=",".join(defaults.mcq_modes), help="ll, gen or ll,gen")
+    p.add_argument("--n-samples", type=int, default=defaults.n_samples)
+    p.add_argument("--temperature", type=float, default=defaults.temperature)
+    p.add_argument("--mcq-max-new-tokens", type=int, default=defaults.mcq_max_new_tokens)
+    p.add_argument("--qa-path")
+    p.add_argument("--ifeval-path", default=defaults.ifeval_path)
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="IFEval response length")
+    p.add_argument("--drift-prompts", help="JSONL of {'prompt': ...} (default: built-in general prompts)")
+    p.add_argument("--drift-num-prompts", type=int, default=defaults.drift_num_prompts)
+    p.add_argument("--drift-max-new-tokens", type=int, default=defaults.drift_max_new_tokens)
+    p.add_argument("--max-drop", type=float, default=defaults.max_drop, help="selection rule's D (points)")
+    p.add_argument("--skill-metrics", default=",".join(defaults.skill_metrics))
+    p.add_argument("--tensor-parallel-size", type=int, default=VLLMSettings().tensor_parallel_size)
+    p.add_argument("--max-model-len", type=int, default=VLLMSettings().max_model_len)
+    p.add_argument("--gpu-memory-utilization", type=float, default=VLLMSettings().gpu_memory_utilization)
+    p.add_argument("--replicas", type=int, default=VLLMSettings().replicas, help="ray_vllm: engine replicas")
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    vllm = VLLMSettings(tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                        gpu_memory_utilization=args.gpu_memory_utilization, replicas=args.replicas)
+    return EvalConfig(
+        suites=_split(args.suites), backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
+        limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, mcq_path=args.mcq_path,
+        mcq_modes=_split(args.mcq_modes), n_samples=args.n_samples, temperature=args.temperature,
+        mcq_max_new_tokens=args.mcq_max_new_tokens, qa_path=args.qa_path, ifeval_path=args.ifeval_path,
+        max_new_tokens=args.max_new_tokens, drift_prompts_path=args.drift_prompts, drift_num_prompts=args.drift_num_prompts,
+        drift_max_new_tokens=args.drift_max_new_tokens, max_drop=args.max_drop, skill_metrics=_split(args.skill_metrics),
+        cache_dir=args.cache_dir, vllm=vllm,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
+    from disc_ray.models import ModelLoadError
+
+    args = build_arg_parser(prog).parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        record = evaluate(args.model, cfg, baseline=args.baseline, out_dir=args.out, name=args.name)
+    except (EvalInputError, ModelLoadError, BackendUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_markdown(record))
+    out_dir = Path(args.out) if args.out else default_out_dir(args.model)
+    log(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="evaluate a model: domain MCQ, IFEval, drift (same options as jobs/evaluate.py)",
+                                   add_help=False)
+    parser.set_defaults(run=lambda args, rest: main(rest, prog="disc-ray evaluate"), accepts_overrides=True)
