@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = [
     "disc_ray.evaluation.report",
     "disc_ray.synthetic",
     "disc_ray.data",
+    "disc_ray.tuning",
 ]
 
 

@@ -54,3 +54,15 @@ def student_teacher(tiny_model):
 def bioasq_passages() -> list[str]:
     rows = [json.loads(line) for line in BIOASQ.read_text().splitlines() if line.strip()]
     return [row["meta"]["context"] for row in rows]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
+    """A tiny random model of the embedded default's family saved as a Hugging Face folder (read-only: jobs load it)."""
+    from disc_ray.models import build_tiny_model
+
+    model, tokenizer = build_tiny_model(str(embedded_dir))
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

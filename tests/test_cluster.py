@@ -320,16 +320,6 @@ def two_node_cluster(tmp_path):
         assert not leftovers, f"processes of the test cluster survived: {leftovers}"
 
 
-@pytest.fixture()
-def tiny_model_dir(tmp_path, embedded_dir):
-    from disc_ray.models import build_tiny_model
-
-    model, tokenizer = build_tiny_model(str(embedded_dir))
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
-
-
 @pytest.mark.timeout(420)
 def test_submitted_job_trains_on_the_node_with_the_training_resource(two_node_cluster, tiny_model_dir, tmp_path):
     dashboard, env = two_node_cluster["dashboard"], two_node_cluster["env"]

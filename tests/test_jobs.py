@@ -40,16 +40,6 @@ def test_print_config_resolves_yaml_and_overrides():
     assert "lr: 3.0e-05" in result.stdout and "name_or_path: smollm2-135m-instruct" in result.stdout
 
 
-@pytest.fixture()
-def tiny_model_dir(tmp_path, embedded_dir):
-    from disc_ray.models import build_tiny_model
-
-    model, tokenizer = build_tiny_model(str(embedded_dir))
-    model.save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
-
-
 def bioasq_corpus(tmp_path, n, bioasq_passages):
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"meta": {"context": text}}) + "\n" for text in bioasq_passages[:n]))

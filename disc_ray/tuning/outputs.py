@@ -1,0 +1,151 @@
+"""What a sweep leaves in its folder: ``trials.csv``, ``trials.md``, ``selected.yaml``, ``pareto.png``, ``sweep.json``.
+
+* ``trials.csv`` / ``trials.md``: one row per trial: its swept values, status, domain score, each retained
+  metric and its change vs the original (points), drift (nats/token), steps trained, eligibility under
+  the rule and why, the score the rule ranks by, and ``pareto`` / ``selected`` flags. The Markdown table
+  starts with the original model's row and ends with the rule and the selected trial.
+* ``selected.yaml``: the full AdaptConfig of the selected trial (``jobs/adapt.py --config selected.yaml``
+  trains it again; its ``run`` section points at the trial's run).
+* ``pareto.png``: domain score vs retention, every evaluated trial, the front, the original and the
+  ``max_drop`` line; the selected trial is marked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from disc_ray.config import to_dict
+from disc_ray.evaluation.selection import RunScores
+from disc_ray.tuning.selection import SweepSelection, TrialRecord
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def table_rows(records: Sequence[TrialRecord], keys: Sequence[str], skills: Sequence[str]) -> list[dict]:
+    """One flat dict per trial (the CSV's rows)."""
+    rows = []
+    for r in records:
+        row = {"trial_id": r.trial_id, **{k: r.params.get(k) for k in keys}, "status": r.status,
+               "domain_metric": r.domain_metric, "domain_score": r.domain}
+        for skill in skills:
+            row[skill] = r.skills.get(skill)
+            row[f"{skill} change"] = 0.0 - r.drops[skill] if skill in r.drops else None
+        row.update(drift_kl=r.drift_kl, drift_nll=r.drift_nll, steps=r.steps, retention=r.retention, score=r.score,
+                   eligible=r.eligible, pareto=r.pareto, selected=r.selected, reason=r.reason, model_dir=r.model_dir)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    columns = list(rows[0]) if rows else ["trial_id"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
+
+
+def format_markdown(selection: SweepSelection, baseline: RunScores, keys: Sequence[str], skills: Sequence[str],
+                    sweep_name: str) -> str:
+    header = ["trial", *keys, "status", "domain"] + [f"{s} (change)" for s in skills] + [
+        "drift KL", "drift NLL", "steps", "score", "eligible", "Pareto", "note"]
+    lines = [f"# Sweep `{sweep_name}`", "",
+             f"Rule: {selection.description}. Scores in points (0-100), changes vs the original model, drift in nats/token.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    original = ["*original*", *["" for _ in keys], "", _fmt(baseline.domain)] + [_fmt(baseline.skills.get(s)) for s in skills] + [
+        "0", "-", "0", "", "", "", "baseline"]
+    lines.append("| " + " | ".join(original) + " |")
+    for r in selection.records:
+        name = f"**{r.trial_id}** (selected)" if r.selected else r.trial_id
+        cells = [name, *[_fmt(r.params.get(k), 3) for k in keys], r.status, _fmt(r.domain)]
+        for skill in skills:
+            change = 0.0 - r.drops[skill] if skill in r.drops else None
+            cells.append(_fmt(r.skills.get(skill)) + (f" ({change + 0.0:+.2f})" if change is not None else ""))
+        cells += [_fmt(r.drift_kl, 4), _fmt(r.drift_nll, 4), _fmt(r.steps), _fmt(r.score), _fmt(r.eligible),
+                  "yes" if r.pareto else "", r.reason.replace("|", "/")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Selected: **{selection.best or 'no trial qualifies'}**."]
+    front = [r.trial_id for r in selection.records if r.pareto]
+    lines.append(f"Pareto front (domain score vs retention): {', '.join(front) if front else '-'}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_selected_config(cfg, trial: TrialRecord, path: Path, rule: str) -> Path:
+    header = (f"# Selected by the sweep ({rule}): trial {trial.trial_id}, domain score {_fmt(trial.domain)}, "
+              f"drift KL {_fmt(trial.drift_kl, 4)}.\n# Train it again with: python jobs/adapt.py --config {path.name}\n")
+    path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def plot_pareto(selection: SweepSelection, baseline: RunScores, path: Path, *, max_drop: float, retention_label: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    evaluated = [r for r in selection.records if r.retention is not None and r.domain is not None]
+    others = [r for r in evaluated if not r.pareto]
+    front = sorted((r for r in evaluated if r.pareto), key=lambda r: r.retention)
+    if others:
+        ax.scatter([r.retention for r in others], [r.domain for r in others], c="tab:gray", s=30, label="trial", zorder=3)
+    if front:
+        ax.plot([r.retention for r in front], [r.domain for r in front], "-o", c="tab:blue", ms=6, label="Pareto front", zorder=4)
+    for r in evaluated:
+        ax.annotate(r.trial_id, (r.retention, r.domain), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    chosen = next((r for r in evaluated if r.selected), None)
+    if chosen is not None:
+        ax.scatter([chosen.retention], [chosen.domain], s=160, facecolors="none", edgecolors="tab:green", linewidths=2,
+                   label=f"selected ({chosen.trial_id})", zorder=5)
+    if baseline.domain is not None:
+        ax.scatter([0.0], [baseline.domain], marker="*", s=200, c="tab:red", label="original", zorder=5)
+    if baseline.skills:
+        ax.axvline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"drop = {max_drop:g} points")
+    stopped = len([r for r in selection.records if r.status != "completed"])
+    ax.set_xlabel(retention_label)
+    ax.set_ylabel(f"domain score: {next((r.domain_metric for r in evaluated if r.domain_metric), 'domain')} (points)")
+    ax.set_title("Sweep: domain knowledge vs retention" + (f" ({stopped} trial(s) not evaluated)" if stopped else ""),
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(sweep_dir: Path, selection: SweepSelection, baseline: RunScores, keys: Sequence[str],
+                  sweep_name: str, max_drop: float, selected_cfg=None, extra: dict | None = None) -> dict:
+    """Write every output file; returns their paths."""
+    skills = list(baseline.skills)
+    rows = table_rows(selection.records, keys, skills)
+    paths = {"csv": write_csv(rows, sweep_dir / "trials.csv"), "markdown": sweep_dir / "trials.md"}
+    paths["markdown"].write_text(format_markdown(selection, baseline, keys, skills, sweep_name))
+    label = ("worst retained-metric change vs original (points)" if skills else "retention: -drift KL (nats/token)")
+    paths["plot"] = plot_pareto(selection, baseline, sweep_dir / "pareto.png", max_drop=max_drop, retention_label=label)
+    selected_path = sweep_dir / "selected.yaml"
+    if selected_cfg is not None:
+        chosen = next(r for r in selection.records if r.selected)
+        paths["selected"] = write_selected_config(selected_cfg, chosen, selected_path, selection.description)
+    elif selected_path.exists():
+        selected_path.unlink()  # a previous selection no longer holds
+    summary = {"selected": selection.best, "rule": selection.description, "baseline": {
+        "domain": baseline.domain, "domain_metric": baseline.domain_metric, "skills": dict(baseline.skills)},
+        "pareto": [r.trial_id for r in selection.records if r.pareto], "trials": rows, **(extra or {})}
+    paths["summary"] = sweep_dir / "sweep.json"
+    paths["summary"].write_text(json.dumps(summary, indent=2, default=str))
+    return paths

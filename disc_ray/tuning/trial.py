@@ -1,0 +1,271 @@
+"""One sweep trial: a Tune function trainable that builds and fits a ``TorchTrainer``, then evaluates.
+
+:func:`run_trial` runs in the trial's own process (a Tune actor):
+
+1. builds the trial's AdaptConfig (base + sampled values; its Ray Train run is ``<sweep>/runs/trial_<id>``),
+2. runs the data pipeline and fits a ``TorchTrainer`` from :func:`disc_ray.train.build_trainer`, with
+   :class:`DriftReportCallback`, Ray Train's ``TuneReportCallback`` extended to measure the drift from
+   the original model on every checkpoint the run reports (and on the final export), so every training
+   report reaches Tune, the checkpointed ones with ``drift_kl`` / ``drift_nll``, and early stopping can act,
+3. evaluates the exported model with :func:`disc_ray.evaluation.runner.evaluate` against the original's
+   evaluation, which the driver ran once for the whole sweep (``<sweep>/baseline/eval.json``),
+4. reports the final scores with ``ray.tune.report``.
+
+A trial restarted after the driver died resumes its Ray Train run from its last checkpoint (same run
+name); one whose model was already exported is not trained again, and one already evaluated is not
+evaluated again. ``<sweep>/trial_log.jsonl`` records when each trial started, trained and was evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from disc_ray.config import AdaptConfig, to_dict
+from disc_ray.tuning.space import Sweep
+
+logger = logging.getLogger(__name__)
+
+TRIAL_LOG = "trial_log.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver (handed over with ``tune.with_parameters``)."""
+
+    sweep: Sweep
+    model_source: str
+    """The original model as a local directory (resolved once on the driver)."""
+    baseline_dir: str
+    """Folder of the original's ``eval.json``."""
+    drift_records: tuple
+    """The original's ``{"prompt", "response"}`` references used for drift during training."""
+
+
+def append_trial_log(sweep_dir: str | Path, trial_id: str, event: str, **extra) -> None:
+    line = json.dumps({"trial_id": trial_id, "event": event, "time": round(time.time(), 3), "pid": os.getpid(), **extra})
+    with open(Path(sweep_dir) / TRIAL_LOG, "a") as f:
+        f.write(line + "\n")
+
+
+def read_trial_log(sweep_dir: str | Path) -> list[dict]:
+    path = Path(sweep_dir) / TRIAL_LOG
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def load_checkpoint_model(directory: Path, original):
+    """The student's weights from a Ray Train checkpoint of this repo: an HF export, or a training checkpoint
+    (torch distributed checkpoint, loaded into a copy of ``original`` in this single process)."""
+    from transformers import AutoModelForCausalLM
+
+    from disc_ray.train import EXPORT_MARKER, TRAIN_STATE_FILE
+
+    if (directory / EXPORT_MARKER).exists() or (directory / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(directory, dtype=next(original.parameters()).dtype)
+    if not (directory / TRAIN_STATE_FILE).exists():
+        return None
+    import torch.distributed.checkpoint as dcp
+
+    adapted = copy.deepcopy(original)
+    state = {"model": adapted.state_dict()}
+    with warnings.catch_warnings():  # "no process group": this is a single-process load on purpose
+        warnings.simplefilter("ignore")
+        dcp.load(state, checkpoint_id=str(directory))
+    adapted.load_state_dict(state["model"])
+    return adapted
+
+
+class DriftMeter:
+    """Holds the original model and the tokenized references; measures a model's drift from the original."""
+
+    def __init__(self, original_dir: str, records: list[dict]):
+        from disc_ray.evaluation.drift import build_drift_batches
+        from disc_ray.models import load_model_and_tokenizer
+
+        import torch
+
+        self.original, tokenizer = load_model_and_tokenizer(original_dir, dtype=torch.float32, device="cpu")
+        self.original.eval().requires_grad_(False)
+        self.batches = build_drift_batches(tokenizer, records)
+
+    def measure(self, adapted) -> dict:
+        from disc_ray.evaluation.drift import compute_drift
+
+        drift = compute_drift(self.original, adapted, self.batches)
+        return {"drift_kl": drift["drift_kl"], "drift_nll": drift["drift_nll"]}
+
+    def measure_checkpoint(self, directory: Path) -> dict:
+        adapted = load_checkpoint_model(Path(directory), self.original)
+        return {} if adapted is None else self.measure(adapted)
+
+
+def _tune_report_callback_class():
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return TuneReportCallback
+
+
+class DriftReportCallback(_tune_report_callback_class()):
+    """Ray Train's ``TuneReportCallback`` (every report of the run goes to Tune) that adds ``drift_kl`` and
+    ``drift_nll`` to the reports that carry a checkpoint (every ``run.checkpoint_every_n_steps`` steps and the
+    final export). It runs in the Train controller, on CPU, one checkpoint at a time."""
+
+    def __init__(self, original_dir: str, records: list[dict]):
+        super().__init__()
+        self.original_dir = original_dir
+        self.records = list(records)
+        self._meter = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_meter"] = None  # loaded lazily where the callback runs
+        return state
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if checkpoint is not None and metrics:
+            started = time.perf_counter()
+            first = dict(metrics[0])
+            try:
+                if self._meter is None:
+                    self._meter = DriftMeter(self.original_dir, self.records)
+                with checkpoint.as_directory() as directory:
+                    first.update(self._meter.measure_checkpoint(Path(directory)))
+                first["drift_time_s"] = time.perf_counter() - started
+            except Exception as err:  # a failed measurement must not fail the training run
+                logger.warning("drift measurement failed on %s: %s", checkpoint.path, err)
+                first["drift_error"] = str(err)[:300]
+            metrics = [first, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _same_config(stored: dict, cfg: AdaptConfig) -> bool:
+    return json.loads(json.dumps(stored, default=str)) == json.loads(json.dumps(to_dict(cfg), default=str))
+
+
+def train_trial(cfg: AdaptConfig, context: TrialContext, callback) -> tuple[Path, dict]:
+    """Data pipeline + ``TorchTrainer.fit`` (with ``callback``) + copy of the export; what ``launch`` does, plus
+    the Tune callback. Returns the exported model directory and the run summary (also its ``run.json``)."""
+    from disc_ray.data import build_training_dataset
+    from disc_ray.export import write_run_manifest
+    from disc_ray.train import build_trainer, plan_total_steps
+
+    output_dir = Path(cfg.run.resolved_output_dir())
+    manifest = output_dir / "run.json"
+    if manifest.exists():
+        summary = json.loads(manifest.read_text())
+        if _same_config(summary.get("config", {}), cfg) and summary.get("sweep_trial_complete"):
+            print(f"[disc-ray sweep] {cfg.run.name}: already trained, model in {output_dir}", flush=True)
+            return output_dir, summary
+    dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
+                                             tokenizer=context.model_source)
+    print(f"[disc-ray sweep] {cfg.run.name}: data: {report.format()}", flush=True)
+    if report.examples < cfg.workers.num_workers:
+        raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
+    total_steps = plan_total_steps(report.examples, cfg)
+    trainer = build_trainer(cfg, dataset, total_steps, context.model_source)
+    # build_trainer's RunConfig has no callbacks; this trial's Tune report callback joins its (fresh) list.
+    trainer.run_config.callbacks.append(callback)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    result.checkpoint.to_directory(str(output_dir))
+    summary = {"config": to_dict(cfg), "data": report.to_dict(), "metrics": result.metrics, "total_steps": total_steps,
+               "checkpoint_path": result.checkpoint.path, "output_dir": str(output_dir), "sweep_trial_complete": True}
+    write_run_manifest(output_dir, summary)
+    return output_dir, summary
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_trial(model_dir: Path, trial_id: str, context: TrialContext) -> dict:
+    """``eval.json`` of the trial's model vs the original (reused when already written with the same settings)."""
+    from disc_ray.evaluation.runner import evaluate
+
+    cfg = context.sweep.evaluation
+    out_dir = model_dir / "eval"
+    previous = out_dir / "eval.json"
+    if previous.exists():
+        record = json.loads(previous.read_text())
+        if record.get("config") == json.loads(json.dumps(cfg.to_dict())) and record.get("baseline", {}).get("model") == context.model_source:
+            return record
+    return evaluate(str(model_dir), cfg, baseline=context.baseline_dir, out_dir=out_dir, name=f"trial_{trial_id}")
+
+
+def baseline_scores(context: TrialContext):
+    from disc_ray.evaluation.selection import run_scores
+
+    record = json.loads((Path(context.baseline_dir) / "eval.json").read_text())
+    cfg = context.sweep.evaluation
+    return run_scores("original", record["suites"], cfg.domain_metrics, cfg.skill_metrics)
+
+
+def final_metrics(record: dict, trial_id: str, model_dir: Path, summary: dict, context: TrialContext,
+                  meter: DriftMeter | None) -> dict:
+    """The trial's last Tune report: scores, drops vs the original, drift, eligibility and the searcher's score."""
+    from disc_ray.evaluation.selection import run_scores
+    from disc_ray.tuning.selection import judge_trial
+
+    cfg = context.sweep.evaluation
+    scores = run_scores(trial_id, record["suites"], cfg.domain_metrics, cfg.skill_metrics)
+    drift = record["suites"].get("drift")
+    if drift is not None:
+        drift_kl, drift_nll = drift.get("kl"), drift.get("nll")
+    elif meter is not None:
+        from transformers import AutoModelForCausalLM
+
+        measured = meter.measure(AutoModelForCausalLM.from_pretrained(model_dir))
+        drift_kl, drift_nll = measured["drift_kl"], measured["drift_nll"]
+    else:
+        drift_kl = drift_nll = None
+    judgement = judge_trial(scores, baseline_scores(context), drift_kl, drift_nll, context.sweep.selection)
+    metrics = {"evaluated": 1, "step": summary.get("total_steps"), "domain_score": scores.domain,
+               "domain_metric": scores.domain_metric, "skills": dict(scores.skills), "drops": dict(judgement.drops),
+               "drift_kl": drift_kl, "drift_nll": drift_nll, "eligible": int(judgement.eligible),
+               "reason": judgement.reason, "model_dir": str(model_dir)}
+    if judgement.score is not None:
+        metrics["sweep_score"] = judgement.score
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- the trainable
+
+
+def run_trial(config: dict, context: TrialContext) -> None:
+    """The Tune function trainable (wrapped with ``tune.with_parameters(run_trial, context=...)``)."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    sweep_dir = context.sweep.sweep_dir
+    append_trial_log(sweep_dir, trial_id, "started")
+    cfg = context.sweep.trial_config(config, trial_id)
+    if context.sweep.drift.enabled:
+        callback = DriftReportCallback(context.model_source, list(context.drift_records))
+    else:
+        callback = _tune_report_callback_class()()
+    model_dir, summary = train_trial(cfg, context, callback)
+    append_trial_log(sweep_dir, trial_id, "trained", model_dir=str(model_dir))
+    record = evaluate_trial(model_dir, trial_id, context)
+    meter = None
+    if "drift" not in record["suites"] and context.sweep.drift.enabled:
+        meter = DriftMeter(context.model_source, list(context.drift_records))
+    metrics = final_metrics(record, trial_id, model_dir, summary, context, meter)
+    append_trial_log(sweep_dir, trial_id, "evaluated", domain_score=metrics.get("domain_score"))
+    tune.report(metrics)
