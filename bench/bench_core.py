@@ -4,7 +4,8 @@ Prints ratios, never asserts times:
   1. time per document (forward + backward): packed DiSC vs the per-split reference loop (2k passes),
      and DiSC vs ``ft``, at equal documents (BioASQ passages, k=5 sentence_boundary splits);
   2. peak extra memory of the chunked KL vs the naive full-logits KL at 2048 scored tokens,
-     each measured in its own subprocess (peak RSS on CPU, ``max_memory_allocated`` on GPU).
+     each measured in its own subprocess (the process's own RSS high-water mark, VmHWM, on CPU;
+     ``max_memory_allocated`` on GPU).
 
     python bench/bench_core.py [--documents 12] [--device cpu|cuda] [--dtype float32|bfloat16]
 """
@@ -63,15 +64,15 @@ def bench_time(args) -> dict:
     def packed_disc(batch):
         compute_loss(model, teacher, pack_disc_batch(batch).to(args.device), disc_cfg).loss.backward()
 
-    def reference_disc(batch):
+    def cpu_reference_disc(batch):
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
             reference_disc_loss(model, teacher, batch, temperature=2.0).backward()
 
     def ft(batch):
         compute_loss(model, teacher, pack_lm_batch(batch).to(args.device), ft_cfg).loss.backward()
 
-    if args.device == "cuda":  # the reference builds CPU tensors; move its ids on the fly
-        reference_disc = _cuda_reference(model, teacher)
+    # the reference builds CPU tensors; on CUDA its ids move on the fly
+    reference_disc = _cuda_reference(model, teacher) if args.device == "cuda" else cpu_reference_disc
     results = {
         "documents": len(passages),
         "splits_per_document": sum(len(e.split_spans) for e in disc_examples) / len(disc_examples),
@@ -105,6 +106,18 @@ def _cuda_reference(model, teacher):
     return run
 
 
+def _rss_high_water() -> int:
+    """This process's peak RSS in bytes. Not ``ru_maxrss``: Linux carries that over ``exec`` from the parent,
+    so a worker started by a parent holding two models would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def memory_worker(mode: str, tokens: int, device: str, dtype: str, chunk_size: int) -> None:
     """Runs in a subprocess: peak extra memory of one KL forward+backward over ``tokens`` rows."""
     import torch.nn.functional as F
@@ -130,7 +143,7 @@ def memory_worker(mode: str, tokens: int, device: str, dtype: str, chunk_size: i
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _rss_high_water()
     if mode == "naive":
         student_logits = (hidden @ weight.t()).float()
         teacher_logits = (teacher_hidden @ weight.detach().t()).float()
@@ -143,7 +156,7 @@ def memory_worker(mode: str, tokens: int, device: str, dtype: str, chunk_size: i
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _rss_high_water() - base
     print(json.dumps({"mode": mode, "peak_extra_bytes": peak, "loss": loss.item()}))
 
 

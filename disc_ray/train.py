@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = build_dataclass(AdaptConfig, config["cfg"])
     total_steps, model_source, run_dir = config["total_steps"], config["model_source"], config["run_dir"]
     context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank = context.get_world_rank()
     device = ray.train.torch.get_device()
     use_bf16 = device.type == "cuda" and cfg.workers.mixed_precision
 

@@ -258,6 +258,18 @@ def _nested(metrics: dict, name: str) -> dict:
     return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
+def _scores_from_eval_json(model_dir: str | None, sweep: Sweep):
+    """A finished trial's scores under the sweep's *current* metrics, read from its eval.json: the summary it
+    reported used the metrics of its own run, and a resumed or ``--select-only`` sweep may choose others."""
+    from disc_ray.evaluation.selection import run_scores
+
+    path = Path(model_dir) / "eval" / "eval.json" if model_dir else None
+    if path is None or not path.exists():
+        return None
+    cfg = sweep.evaluation
+    return run_scores("trial", json.loads(path.read_text())["suites"], cfg.domain_metrics, cfg.skill_metrics)
+
+
 def trial_records(results, sweep: Sweep) -> list:
     from disc_ray.tuning.selection import TrialRecord
 
@@ -276,6 +288,9 @@ def trial_records(results, sweep: Sweep) -> list:
             record.skills = _nested(metrics, "skills")
             record.drift_kl, record.drift_nll = metrics.get("drift_kl"), metrics.get("drift_nll")
             record.model_dir = metrics.get("model_dir")
+            rescored = _scores_from_eval_json(record.model_dir, sweep)
+            if rescored is not None:
+                record.domain, record.domain_metric, record.skills = rescored.domain, rescored.domain_metric, dict(rescored.skills)
         else:
             record.note = _stop_note(sweep, metrics)
         if record.status != "completed":
