@@ -178,12 +178,7 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = "ll"
     ax.axvline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"-{max_drop:g} points")
     ax.set_xlabel("IFEval instruction-level strict, change vs original (points)")
     ax.set_ylabel(f"BioASQ closed-book MCQ ({'generation' if domain == 'mcq_gen' else 'log-likelihood'}, points)")
-    ax.set_title("Knowledge gained vs instruction following kept", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "tradeoff.png")
-    plt.close(fig)
+    _save(fig, ax, "Knowledge gained vs instruction following kept", out / "tradeoff.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for method in METHODS:
@@ -197,13 +192,19 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = "ll"
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("IFEval instruction-level strict (points)")
-    ax.set_title("Retention vs learning rate", fontsize=10)
+    _save(fig, ax, "Retention vs learning rate", out / "retention_vs_lr.png")
+    return out / "tradeoff.png", out / "retention_vs_lr.png"
+
+
+def _save(fig, ax, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "retention_vs_lr.png")
+    fig.savefig(path)
     plt.close(fig)
-    return out / "tradeoff.png", out / "retention_vs_lr.png"
 
 
 def select_per_method(records: list, baseline, spec) -> dict[str, str | None]:

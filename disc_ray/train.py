@@ -249,14 +249,21 @@ def ensure_ray(cfg: AdaptConfig) -> None:
     local one. A local cluster gets enough logical CPUs for the training workers AND the Ray Data tasks
     that feed them (otherwise streaming data would wait forever for a CPU), and its dashboard listens
     on ``run.dashboard_host`` (localhost unless configured)."""
+    needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + (cfg.data.concurrency or 1) * cfg.data.num_cpus_per_worker
+    init_ray(cfg.run.ray_address, needed, cfg.run.dashboard_host)
+
+
+def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``) if set, else start a local cluster with ``num_cpus`` logical CPUs
+    (default: the machine's cores, at least ``cpus_needed``) and its dashboard on ``dashboard_host``.
+    No-op when Ray is already initialised."""
     if ray.is_initialized():
         return
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + (cfg.data.concurrency or 1) * cfg.data.num_cpus_per_worker
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), dashboard_host=cfg.run.dashboard_host)
+    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed)), dashboard_host=dashboard_host)
 
 
 def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:

@@ -25,7 +25,16 @@ def test_corpus_subset_is_trained_on_and_asked_about(tmp_path):
     assert len(rows) == 5 and all(row["meta"]["context"] and len(row["options"]) == 4 for row in rows)
 
 
-def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, tiny_model_dir):
+@pytest.fixture()
+def ray_stopped_after():
+    """The experiment starts a local Ray cluster (as the command does); later test modules start their own."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, tiny_model_dir, ray_stopped_after):
     """lr 3 wrecks the model at step 1 and the drift budget stops it (never selectable); lr 1e-9 changes nothing
     and keeps IFEval: the rule must pick it for each method."""
     preset = Preset(documents=4, lrs=(1e-9, 3.0), ifeval_limit=4, ifeval_max_new_tokens=16, mcq_samples=1,

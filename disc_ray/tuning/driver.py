@@ -72,16 +72,10 @@ def plan_concurrency(cluster: dict[str, float], demand: dict[str, float]) -> int
 
 
 def ensure_ray(sweep: Sweep) -> None:
-    import ray
+    from disc_ray.train import init_ray
 
-    if ray.is_initialized():
-        return
-    address = sweep.settings.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    cpus = sweep.settings.num_cpus or max(os.cpu_count() or 1, math.ceil(trial_demand(sweep).get("CPU", 1)))
-    ray.init(num_cpus=cpus, dashboard_host=sweep.base.run.dashboard_host)
+    init_ray(sweep.settings.ray_address, trial_demand(sweep).get("CPU", 1), sweep.base.run.dashboard_host,
+             num_cpus=sweep.settings.num_cpus)
 
 
 # --------------------------------------------------------------------------- preparation (driver)
