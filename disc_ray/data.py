@@ -68,8 +68,7 @@ from disc_ray.splits import (
     SplitConfig,
     _window_sentence_spans,
     batch_to_examples,
-    choose_split_spans,
-    document_rng,
+    choose_document_splits,
 )
 
 if TYPE_CHECKING:  # Ray is imported where it is used, so DataConfig can be imported cheaply
@@ -856,25 +855,6 @@ def _window_examples(ids: list[int], spans: list[tuple[int, int]], first: int, m
     return examples
 
 
-def _choose_splits(text: str, examples: list[DocumentExample], cfg: SplitConfig, with_splits: bool) -> list[DocumentExample]:
-    """The split part of :func:`disc_ray.splits.prepare_document`, unchanged."""
-    if not with_splits:
-        kept = [ex for ex in examples if len(ex.input_ids) - ex.num_special_prefix >= MIN_SPLIT_TOKENS]
-        if not kept:
-            raise DocumentSkipped("too_short", "document has fewer than 2 tokens")
-        return kept
-    kept = []
-    for window, example in enumerate(examples):
-        example.split_spans = choose_split_spans(example, cfg, document_rng(cfg.seed, text, window))
-        if example.split_spans:
-            kept.append(example)
-    if not kept:
-        if all(len(ex.sentence_spans) < 2 for ex in examples) and cfg.strategy in ("sentence_boundary", "middle_only", "fixed_uniform_sentence"):
-            raise DocumentSkipped("single_sentence", "a sentence-level split needs at least 2 sentences")
-        raise DocumentSkipped("no_split_points", f"strategy {cfg.strategy} found no split of >= {MIN_SPLIT_TOKENS} tokens")
-    return kept
-
-
 def prepare_documents(texts: list, tokenizer, cfg: SplitConfig, max_length: int = 2048, with_splits: bool = True) -> list:
     """Batched :func:`disc_ray.splits.prepare_document`: one tokenizer call and one vectorized
     token->sentence mapping for the whole batch; same examples as the core, document by document.
@@ -908,7 +888,7 @@ def prepare_documents(texts: list, tokenizer, cfg: SplitConfig, max_length: int 
     all_spans = sentence_token_spans_batch([texts[d[0]] for d in docs], [d[2] for d in docs], [d[3] for d in docs], [d[4] for d in docs])
     for (i, ids, _, first, _), spans in zip(docs, all_spans):
         try:
-            results[i] = _choose_splits(texts[i], _window_examples(ids, spans, first, max_length), cfg, with_splits)
+            results[i] = choose_document_splits(texts[i], _window_examples(ids, spans, first, max_length), cfg, with_splits)
         except DocumentSkipped as skipped:
             results[i] = skipped
     return results

@@ -251,7 +251,13 @@ def prepare_document(text, tokenizer, cfg: SplitConfig, max_length: int = 2048, 
 
     Raises DocumentSkipped with a reason code when nothing can be trained on; callers count these.
     """
-    examples = tokenize_document(text, tokenizer, max_length)
+    return choose_document_splits(text, tokenize_document(text, tokenizer, max_length), cfg, with_splits)
+
+
+def choose_document_splits(text: str, examples: list[DocumentExample], cfg: SplitConfig,
+                           with_splits: bool = True) -> list[DocumentExample]:
+    """Sample each window's split spans (seeded by the document's text and window), keep the windows that
+    can be trained on; the Ray Data pipeline calls this on its batched tokenization too."""
     if not with_splits:
         kept = [ex for ex in examples if len(ex.input_ids) - ex.num_special_prefix >= MIN_SPLIT_TOKENS]
         if not kept:
