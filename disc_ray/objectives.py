@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
 OBJECTIVES = ("disc", "ft", "ft_kl")
@@ -242,8 +243,9 @@ def last_hidden_states(model, input_ids: torch.Tensor, position_ids: torch.Tenso
     Calls the model's own forward (so FSDP hooks run) with ``logits_to_keep`` empty.
     """
     no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-    out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                output_hidden_states=True, logits_to_keep=no_logits)
+    with sdpa_without_cudnn():
+        out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                    output_hidden_states=True, logits_to_keep=no_logits)
     return out.hidden_states[-1][0]
 
 
@@ -312,14 +314,15 @@ def reference_disc_loss(student, teacher, examples: list[DocumentExample], tempe
     """DiSC as the public reference code computes it: per split, one teacher pass over prefix+split and one
     student pass over the split alone, full logits, ``kl_div(batchmean) * T^2``; mean over splits, then
     over documents. 2k forward passes per document: use only to check the packed implementation."""
+    device = next(student.parameters()).device
     per_document = []
     for example in examples:
         ids, special = example.input_ids, example.input_ids[: example.num_special_prefix]
         per_split = []
         for start, end in example.split_spans:
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=torch.tensor([ids[:end]])).logits[0, start : end - 1]
-            student_logits = student(input_ids=torch.tensor([special + ids[start:end]])).logits[0]
+                teacher_logits = teacher(input_ids=torch.tensor([ids[:end]], device=device)).logits[0, start : end - 1]
+            student_logits = student(input_ids=torch.tensor([special + ids[start:end]], device=device)).logits[0]
             student_logits = student_logits[len(special) : len(special) + end - start - 1]
             per_split.append(F.kl_div(F.log_softmax(student_logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
                                       log_target=True, reduction="batchmean") * temperature**2)
@@ -331,7 +334,7 @@ def reference_lm_loss(student, teacher, examples: list[DocumentExample], beta: f
     """``ft`` (beta=0) / ``ft_kl`` on full logits, one document at a time; mean over documents."""
     per_document = []
     for example in examples:
-        ids = torch.tensor([example.input_ids])
+        ids = torch.tensor([example.input_ids], device=next(student.parameters()).device)
         first = max(example.num_special_prefix - 1, 0)
         logits = student(input_ids=ids).logits[0, first:-1]
         loss = F.cross_entropy(logits, ids[0, first + 1 :])

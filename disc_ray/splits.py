@@ -19,7 +19,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-import blingfire
 
 MIN_SPLIT_TOKENS = 2  # the loss covers tokens 2..L of a split, so a split needs at least 2 tokens
 Span = tuple[int, int]
@@ -73,6 +72,8 @@ class DocumentExample:
 
 def segment_sentences(text: str) -> list[Span]:
     """Character spans ``[start, end)`` of the sentences of ``text`` (blingfire: ships its model, offline)."""
+    import blingfire  # imported here so the rest of the core (packing, losses) runs where it is not installed
+
     if not text.strip():
         return []
     _, offsets = blingfire.text_to_sentences_and_offsets(text)

@@ -90,6 +90,8 @@ def test_config_rejects_bad_values():
         EvalConfig(suites=("domain_qa",))
     with pytest.raises(EvalInputError, match="limit"):
         EvalConfig(limit=0)
+    with pytest.raises(EvalInputError, match="mcq_limit"):
+        EvalConfig(mcq_limit=0)
     assert EvalConfig(suites=("lm_eval:gsm8k",)).suites == ("lm_eval:gsm8k",)
 
 

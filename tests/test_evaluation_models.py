@@ -234,13 +234,14 @@ def test_baseline_can_be_a_previous_eval_json(tmp_path, tiny_dir, student_teache
     adapted_dir = tmp_path / "adapted"
     adapted.save_pretrained(adapted_dir)
     tokenizer.save_pretrained(adapted_dir)
-    common = ["--suites", "domain_mcq", "--mcq-modes", "ll", "--limit", "3", "--mcq-path", str(BIOASQ), "--no-progress",
-              "--device", "cpu"]
+    common = ["--suites", "domain_mcq", "--mcq-modes", "ll", "--limit", "2", "--mcq-limit", "3", "--mcq-path", str(BIOASQ),
+              "--no-progress", "--device", "cpu"]
     assert main([str(tiny_dir), "--out", str(tmp_path / "base_eval"), *common]) == 0
     assert main([str(adapted_dir), "--baseline", str(tmp_path / "base_eval"), "--out", str(tmp_path / "eval"), *common]) == 0
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     base = json.loads((tmp_path / "base_eval" / "eval.json").read_text())
     assert record["baseline"]["model"] == str(tiny_dir) and record["baseline"]["suites"] == base["suites"]
+    assert record["suites"]["domain_mcq"]["n"] == 3  # --mcq-limit, not --limit, sets the MCQ subset
     assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm"}
     assert record["selection"]["eligible"] is False  # no retained-skill suite was run, so the rule cannot pass it
 

@@ -21,6 +21,7 @@ import torch
 from disc_ray.evaluation.config import BackendUnavailableError, EvalConfig, EvalInputError, VLLMSettings
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.prompts import Prompt, encode_pair, encode_prompt
+from disc_ray.models import sdpa_without_cudnn
 
 VLLM_INSTALL_HINT = "pip install 'disc-ray[vllm]' (needs Linux and an NVIDIA GPU)"
 
@@ -173,7 +174,8 @@ class HFBackend:
                 input_ids, attention_mask = self._left_pad([encoded[i] for i in rows])
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     torch.manual_seed(seed + batch_index)
-                    output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+                    with sdpa_without_cudnn():
+                        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
                 new_tokens = output[:, input_ids.shape[1]:].tolist()
                 for j, i in enumerate(rows):
                     decoded = [decode_completion(self.tokenizer, new_tokens[j * n + k], self.stop_ids) for k in range(n)]
@@ -206,8 +208,9 @@ class HFBackend:
                 for r, i in enumerate(rows):  # right padding: real tokens keep positions 0..L-1
                     input_ids[r, : len(encoded[i][0])] = torch.tensor(encoded[i][0])
                     attention_mask[r, : len(encoded[i][0])] = 1
-                out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                 use_cache=False, output_hidden_states=True, logits_to_keep=no_logits)
+                with sdpa_without_cudnn():
+                    out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                     use_cache=False, output_hidden_states=True, logits_to_keep=no_logits)
                 hidden = out.hidden_states[-1]
                 for r, i in enumerate(rows):
                     ids, cont_len = encoded[i]

@@ -86,6 +86,9 @@ class EvalConfig:
     temperature: float = 1.0
     """Generation MCQ: sampling temperature (0 with n_samples=1 is greedy)."""
     mcq_max_new_tokens: int = 128
+    mcq_limit: int | None = None
+    """At most this many MCQ questions; None: ``limit``. Lets an experiment ask every question about the
+    passages it trained on while keeping the slower generation suites (IFEval) to a subset."""
     qa_path: str | None = None
     """JSONL with ``question`` and ``answer`` (string) or ``answers`` (list of aliases)."""
     qa_max_new_tokens: int = 64
@@ -120,8 +123,9 @@ class EvalConfig:
             raise EvalInputError("no suites selected")
         if self.backend not in BACKENDS:
             raise EvalInputError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
-        if self.limit is not None and self.limit < 1:
-            raise EvalInputError(f"limit must be >= 1, got {self.limit}")
+        for name in ("limit", "mcq_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise EvalInputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not set(self.mcq_modes) <= set(MCQ_MODES) or not self.mcq_modes:
             raise EvalInputError(f"mcq_modes must be a non-empty subset of {list(MCQ_MODES)}, got {list(self.mcq_modes)}")
         if self.n_samples < 1 or self.batch_size < 1 or self.drift_num_prompts < 1:

@@ -82,7 +82,7 @@ def summarize_mcq(items: Sequence[MCQItem], records: Sequence[dict]) -> dict:
 
 
 def run_mcq_suite(backend: GenerationBackend, cfg: EvalConfig) -> SuiteResult:
-    items = seeded_subset(load_mcq(cfg.mcq_path), cfg.limit, cfg.seed)
+    items = seeded_subset(load_mcq(cfg.mcq_path), cfg.mcq_limit or cfg.limit, cfg.seed)
     records = [dict(id=item.item_id, question=item.question, options=list(item.options), correct=LETTERS[item.correct_index],
                     kind=item.kind) for item in items]
     if "ll" in cfg.mcq_modes:

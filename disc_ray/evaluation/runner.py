@@ -321,6 +321,7 @@ def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=defaults.dtype)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--mcq-path", default=defaults.mcq_path)
+    p.add_argument("--mcq-limit", type=int, help="at most N MCQ questions (default: --limit)")
     p.add_argument("--mcq-modes", default=",".join(defaults.mcq_modes), help="ll, gen or ll,gen")
     p.add_argument("--n-samples", type=int, default=defaults.n_samples)
     p.add_argument("--temperature", type=float, default=defaults.temperature)
@@ -352,7 +353,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         suites=_split(args.suites), backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
         limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, mcq_path=args.mcq_path,
-        mcq_modes=_split(args.mcq_modes), n_samples=args.n_samples, temperature=args.temperature,
+        mcq_limit=args.mcq_limit, mcq_modes=_split(args.mcq_modes), n_samples=args.n_samples, temperature=args.temperature,
         mcq_max_new_tokens=args.mcq_max_new_tokens, qa_path=args.qa_path, ifeval_path=args.ifeval_path,
         max_new_tokens=args.max_new_tokens, drift_prompts_path=args.drift_prompts, drift_num_prompts=args.drift_num_prompts,
         drift_max_new_tokens=args.drift_max_new_tokens, max_drop=args.max_drop, skill_metrics=_split(args.skill_metrics),
