@@ -99,7 +99,8 @@ def bench_pipeline(corpus: Path, warmup: Path, args) -> dict:
     from disc_ray.splits import SplitConfig
 
     def build(path: Path, out: str):
-        return build_training_dataset(DataConfig(path=str(path), tokenizer=args.tokenizer, output_dir=out, batch_rows=args.batch_rows), SplitConfig())[1]
+        cfg = DataConfig(path=str(path), tokenizer=args.tokenizer, output_dir=out, batch_rows=args.batch_rows, dedupe=not args.no_dedupe)
+        return build_training_dataset(cfg, SplitConfig())[1]
 
     with tempfile.TemporaryDirectory() as scratch:
         build(warmup, f"{scratch}/warmup")  # starts the worker processes and loads the tokenizer in each
@@ -118,6 +119,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--batch-rows", type=int, default=512)
     parser.add_argument("--tokenizer", default="smollm2-135m-instruct")
+    parser.add_argument("--no-dedupe", action="store_true", help="time the pipeline without exact-duplicate removal")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line too")
     args = parser.parse_args()
 

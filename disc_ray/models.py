@@ -140,8 +140,9 @@ def resolve_model_source(name_or_path: str, cache_dir: str | Path | None = None)
 def sdpa_without_cudnn():
     """A context in which ``scaled_dot_product_attention`` may use flash, memory-efficient or math kernels, not
     cuDNN's. On an H100 with torch 2.11, SDPA prefers cuDNN, which builds a graph for every new sequence length;
-    packed DiSC rows (and generation batches) have a new length nearly every call. Measured there: a packed DiSC
-    step 7.5x faster on SmolLM2-135M and 2.2x on a 1.7B model without it (bench/RESULTS.md). No effect on CPU."""
+    packed DiSC rows have a new length nearly every step. Measured there: packed DiSC steps 5.6x faster on
+    SmolLM2-135M and 2.2x on a 1.7B model without it; evaluation's first batches 2x (bench/RESULTS.md).
+    No effect on CPU."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
