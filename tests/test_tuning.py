@@ -320,3 +320,10 @@ def test_sweep_selects_the_known_trial_and_resumes_without_rerunning_finished_tr
     model_dir = Path(gentle["model_dir"])
     assert (model_dir / "model.safetensors").exists() and (model_dir / "eval" / "eval.json").exists()
     assert json.loads((model_dir / "eval" / "eval.json").read_text())["baseline"]["model"] == str(tiny_model_dir)
+    # a finished trial's training checkpoints are deleted once it is exported (sweep.keep_checkpoints: false);
+    # a trial stopped mid-run keeps the checkpoint its drift was measured on
+    def checkpoints(run_dir: Path) -> list[Path]:
+        return [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
+
+    assert (model_dir.parent / "export" / "model.safetensors").exists() and not checkpoints(model_dir.parent)
+    assert all(checkpoints(sweep_dir / "runs" / f"trial_{row['trial_id']}") for row in wrecked)

@@ -189,7 +189,21 @@ def train_trial(cfg: AdaptConfig, context: TrialContext, callback) -> tuple[Path
     summary = {"config": to_dict(cfg), "data": report.to_dict(), "metrics": result.metrics, "total_steps": total_steps,
                "checkpoint_path": result.checkpoint.path, "output_dir": str(output_dir), "sweep_trial_complete": True}
     write_run_manifest(output_dir, summary)
+    if not context.sweep.settings.keep_checkpoints:
+        removed = drop_training_checkpoints(Path(result.checkpoint.path))
+        print(f"[disc-ray sweep] {cfg.run.name}: deleted {len(removed)} training checkpoints (sweep.keep_checkpoints: false)", flush=True)
     return output_dir, summary
+
+
+def drop_training_checkpoints(export: Path) -> list[str]:
+    """Delete the training checkpoints beside a finished run's export (its sibling ``checkpoint_*`` folders):
+    only a resume needs them, and a finished trial is never resumed."""
+    removed = []
+    for path in sorted(export.parent.glob("checkpoint_*")) if export.is_dir() else []:
+        if path.is_dir() and path != export:
+            shutil.rmtree(path)
+            removed.append(path.name)
+    return removed
 
 
 # --------------------------------------------------------------------------- evaluation
