@@ -1,7 +1,7 @@
 """The paper's claim at small scale: DiSC vs ``ft`` and ``ft_kl`` over a learning-rate grid, on BioASQ.
 
     python jobs/reproduce.py --quick                 # 3 methods x 3 LRs, 12 passages: under 30 min on 2 CPU cores
-    python jobs/reproduce.py                         # the full preset: 3 methods x 4 LRs, 48 passages (~1.5 h)
+    python jobs/reproduce.py                         # the full preset: 3 methods x 4 LRs, 48 passages (~2 h)
     python jobs/reproduce.py --quick --out ~/repro --model /models/Qwen2.5-0.5B-Instruct
 
 It is a Ray Tune sweep (:mod:`disc_ray.tuning`) whose space is ``objective.name x train.lr``: every run
@@ -54,7 +54,7 @@ PRESETS = {
     # the generation MCQ is greedy (one sample) and drift is checked once, at the end of training.
     "quick": Preset(documents=12, lrs=(1e-5, 1e-4, 1e-3), ifeval_limit=16, ifeval_max_new_tokens=128, mcq_samples=1,
                     drift_prompts=8, drift_every_n_steps=12),
-    # 12 runs of ~7 min each on 2 CPU cores (about 1.5 h with the original's evaluation); on a cluster they run in
+    # 12 runs of ~10 min each on 2 CPU cores (about 2 h with the original's evaluation); on a cluster they run in
     # parallel (max_concurrent_trials: auto). 48 passages and 48 IFEval prompts: one question is ~2 points, one
     # IFEval instruction ~1.3, so the 5-point rule is not decided by a single item. Scale up with --documents.
     "full": Preset(documents=48, lrs=(1e-5, 1e-4, 3e-4, 1e-3), ifeval_limit=48, ifeval_max_new_tokens=192,
