@@ -54,6 +54,14 @@ def load_examples(args) -> list:
     return [prepare_document(t, tokenizer, SplitConfig(num_splits=5))[0] for t in load_passages(args.documents)]
 
 
+def config_only_dir(source: str) -> Path | None:
+    """``source`` as a folder holding a ``config.json`` and no weights (the model is then built with random
+    weights of that architecture), else None."""
+    path = Path(source).expanduser()
+    has_config = path.is_dir() and (path / "config.json").exists()
+    return path if has_config and not any(path.glob("*.safetensors")) else None
+
+
 def load_bench_model(source: str, dtype: str, device: str, seed: int = 0):
     """A model name / folder with weights, or a folder holding only ``config.json``: random weights of that
     architecture."""
@@ -61,8 +69,8 @@ def load_bench_model(source: str, dtype: str, device: str, seed: int = 0):
 
     from disc_ray.models import load_model_and_tokenizer
 
-    path = Path(source).expanduser()
-    if path.is_dir() and (path / "config.json").exists() and not any(path.glob("*.safetensors")):
+    path = config_only_dir(source)
+    if path is not None:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=getattr(torch, dtype),
                                                  attn_implementation="sdpa")
@@ -208,8 +216,8 @@ def output_head(source: str, device: str, dtype: str) -> torch.Tensor:
 
     from disc_ray.models import resolve_model_source
 
-    path = Path(source).expanduser()
-    if path.is_dir() and (path / "config.json").exists() and not any(path.glob("*.safetensors")):
+    path = config_only_dir(source)
+    if path is not None:
         config = AutoConfig.from_pretrained(path)
         weight = torch.randn(config.vocab_size, config.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.02
         return weight.to(device=device, dtype=getattr(torch, dtype)).requires_grad_()

@@ -332,9 +332,10 @@ def reference_disc_loss(student, teacher, examples: list[DocumentExample], tempe
 
 def reference_lm_loss(student, teacher, examples: list[DocumentExample], beta: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
     """``ft`` (beta=0) / ``ft_kl`` on full logits, one document at a time; mean over documents."""
+    device = next(student.parameters()).device
     per_document = []
     for example in examples:
-        ids = torch.tensor([example.input_ids], device=next(student.parameters()).device)
+        ids = torch.tensor([example.input_ids], device=device)
         first = max(example.num_special_prefix - 1, 0)
         logits = student(input_ids=ids).logits[0, first:-1]
         loss = F.cross_entropy(logits, ids[0, first + 1 :])

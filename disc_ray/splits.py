@@ -19,7 +19,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 MIN_SPLIT_TOKENS = 2  # the loss covers tokens 2..L of a split, so a split needs at least 2 tokens
 Span = tuple[int, int]
 

@@ -198,12 +198,10 @@ def train_trial(cfg: AdaptConfig, context: TrialContext, callback) -> tuple[Path
 def drop_training_checkpoints(export: Path) -> list[str]:
     """Delete the training checkpoints beside a finished run's export (its sibling ``checkpoint_*`` folders):
     only a resume needs them, and a finished trial is never resumed."""
-    removed = []
-    for path in sorted(export.parent.glob("checkpoint_*")) if export.is_dir() else []:
-        if path.is_dir() and path != export:
-            shutil.rmtree(path)
-            removed.append(path.name)
-    return removed
+    removed = [path for path in sorted(export.parent.glob("checkpoint_*")) if path.is_dir()] if export.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path)
+    return [path.name for path in removed]
 
 
 # --------------------------------------------------------------------------- evaluation
