@@ -138,10 +138,18 @@ def tokenize_document(text, tokenizer, max_length: int = 2048) -> list[DocumentE
     if last - first == 0:
         raise DocumentSkipped("no_tokens", "document tokenizes to nothing")
     spans = sentence_token_spans(text, offsets[:last], segment_sentences(text), first)
-    prefix = ids[:first]
+    return window_examples(ids[:last], spans, first, max_length)
+
+
+def window_examples(ids: list[int], spans: list[Span], first: int, max_length: int) -> list[DocumentExample]:
+    """Cut a tokenized document (special prefix ``ids[:first]``, sentence token ``spans``) into examples of at
+    most ``max_length`` tokens at sentence boundaries; each example keeps the special prefix."""
     max_content = max_length - first
     if max_content < MIN_SPLIT_TOKENS:
-        raise ValueError(f"max_length={max_length} leaves no room for document tokens")
+        raise ValueError(f"max_length={max_length} leaves no room for document tokens after {first} special tokens")
+    if spans[-1][1] - first <= max_content:  # the usual case: the whole document is one example
+        return [DocumentExample(input_ids=ids[:spans[-1][1]], sentence_spans=spans, num_special_prefix=first)]
+    prefix = ids[:first]
     examples = []
     for window in _window_sentence_spans(spans, max_content):
         start, end = window[0][0], window[-1][1]

@@ -124,6 +124,89 @@ def test_batched_preparation_gives_the_cores_examples(tokenizer, strategy):
                    [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected]
 
 
+def _tokenizer_variant(tokenizer, variant: str):
+    """The embedded tokenizer rebuilt with one change, to exercise both preparation paths."""
+    from tokenizers import AddedToken, Tokenizer, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    if variant == "nfc_normalizer":  # not plain byte-level: every document takes the offsets path
+        backend.normalizer = normalizers.NFC()
+    elif variant == "bos_and_eos":  # the post-processor adds a special token on each side
+        eos = backend.token_to_id("<|endoftext|>")
+        backend.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A <|endoftext|>", special_tokens=[("<|endoftext|>", eos)])
+    elif variant == "lstrip_added_token":  # an added token that swallows the space before it: those documents do not add up
+        backend.add_tokens([AddedToken("<sep>", lstrip=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("variant, byte_level", [("as_shipped", True), ("bos_and_eos", True), ("lstrip_added_token", True),
+                                                 ("nfc_normalizer", False)])
+def test_offset_free_path_matches_the_core_or_steps_aside(tokenizer, variant, byte_level):
+    """Byte-level tokenizers skip the tokenizer's offsets (token lengths give them); anything else, and any
+    document whose token lengths do not add up to its bytes, takes the offsets path: same rows either way."""
+    from disc_ray.data import ByteLevelTokens
+
+    tok = tokenizer if variant == "as_shipped" else _tokenizer_variant(tokenizer, variant)
+    table = ByteLevelTokens.of(tok)
+    assert (table is not None) == byte_level
+    if variant == "bos_and_eos":
+        assert (table.prefix, table.suffix) == (1, 1)
+    texts = _passages()[:20] + ADVERSARIAL + ["First part here. <sep> Second part follows.", "Chat tokens <|im_end|> inside. Fine."]
+    if table is not None:
+        valid = [t for t in texts if t.strip()]
+        exact, _, _ = table.char_offsets(valid, [e.ids for e in tok.backend_tokenizer.encode_batch_fast(valid)])
+        assert (len(exact) < len(valid)) == (variant == "lstrip_added_token")  # the <sep> document steps aside
+    cfg = SplitConfig(seed=5)
+    for text, got in zip(texts, prepare_documents(texts, tok, cfg, 64)):
+        try:
+            expected = prepare_document(text, tok, cfg, 64)
+        except DocumentSkipped as skipped:
+            assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, (text, got)
+            continue
+        assert [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in got] == \
+               [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected], text
+    padded = _tokenizer_variant(tokenizer, "as_shipped")
+    padded.backend_tokenizer.enable_padding(length=4096)  # a caller's padding left on: the offsets path, unpadded rows
+    assert data_module._byte_level_tokens(padded) is None
+    assert [e.input_ids for e in prepare_documents(texts[:1], padded, cfg)[0]] == [e.input_ids for e in prepare_document(texts[0], tokenizer, cfg)]
+
+
+def test_fuzzed_text_gives_the_cores_rows(tokenizer):
+    """Random mixes of multi-byte characters, odd whitespace and special-token strings: the batched path's
+    token -> sentence mapping (from token byte lengths) equals the core's (from the tokenizer's offsets)."""
+    rng = random.Random(0)
+    pieces = ["Hello", " world", ".", " ", "  ", "\n", "\n\n", "\t", "\u3000", "\u00a0", "\u2028", "é", "日本", "。", "😀", "<|im_end|>",
+              "Dr.", " A.", "e\u0301", "1.5", " 42", "!", "?", "\x00", "\u200b", "Ω", "—", "'s", "\r", "\x1c", "ﬁ"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(400)]
+    cfg = SplitConfig(seed=3)
+    for text, got in zip(texts, prepare_documents(texts, tokenizer, cfg, 2048)):
+        try:
+            expected = prepare_document(text, tokenizer, cfg, 2048)
+        except DocumentSkipped as skipped:
+            assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, repr(text)
+            continue
+        assert [(e.input_ids, e.sentence_spans, e.split_spans) for e in got] == [(e.input_ids, e.sentence_spans, e.split_spans) for e in expected], repr(text)
+
+
+
+def test_prepare_block_works_through_a_coalesced_block_in_batches(embedded_dir, tmp_path):
+    """Ray Data hands the fused stage whole files as one block; prepare_block cuts it into batch_rows
+    pieces (faster per token) and the rows are the same as in one piece."""
+    import dataclasses
+
+    path = _write_jsonl(tmp_path / "c.jsonl", [{"text": p} for p in _passages()[:30]] + ["not json", {"text": "One sentence."}])
+    unit = pa.table({"path": [str(path)], "file_index": [0], "stripe": [0], "stripes": [1]})
+    block = pa.concat_tables(list(data_module.read_units(unit, fmt="jsonl", text_field="text", batch_rows=1000, strict=False)))
+    cleaned = data_module.clean_block(block, normalize_unicode="NFKC", collapse_whitespace=True, min_chars=1, max_chars=10**6,
+                                      strict=False, line_based=True)
+    kwargs = dict(tokenizer_source=str(embedded_dir), split=dataclasses.asdict(SplitConfig()), max_length=2048, with_splits=True,
+                  strict=False, line_based=True, threads=1)
+    in_pieces, whole = data_module.prepare_block(cleaned, batch_rows=7, **kwargs), data_module.prepare_block(cleaned, batch_rows=512, **kwargs)
+    assert len(in_pieces) == len(cleaned) == 32 and in_pieces.equals(whole)
+    assert in_pieces.column("reason").to_pylist().count("") == 30
+
+
 def _clean_text_slowly(text: str) -> str:
     """The cleaning rules applied unconditionally (clean_text skips work for tidy ASCII text)."""
     import unicodedata
@@ -140,7 +223,7 @@ def test_cleaning_rules():
     assert clean_text("tidy text. Nothing to do.") == ("tidy text. Nothing to do.", False, False)
     assert clean_text("ﬁ  x", "none", False) == ("ﬁ  x", False, False)
     rng = random.Random(0)
-    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\x0b", "\x1f", ".", "\u00a0", "é"]
+    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\x0b", "\x1f", ".", "\u00a0", "é", "\u2028", "\u3000", "\x85", "日"]
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         assert clean_text(text)[0] == _clean_text_slowly(text), repr(text)
@@ -204,6 +287,8 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
     assert [(Path(p).name, row) for p, row, _, _ in duplicates] == [("b.jsonl", 60 + i) for i in range(5)]
     assert all(detail == f"same text as {corpus / 'a.jsonl'}:{i + 1}" for i, (*_, detail) in enumerate(duplicates))
     assert runs[0][2].dropped == runs[1][2].dropped == {"duplicate": 5}
+    previews = sorted(r["preview"] for r in _rejects(runs[0][2]) if r["reason"] == "duplicate")
+    assert previews == sorted(data_module._preview(p) for p in passages[:5])  # decoded from the rows' tokens
     kept_sources = {(Path(r[2]).name, r[3]) for r in runs[0][0]}
     assert ("a.jsonl", 0) in kept_sources and ("b.jsonl", 60) not in kept_sources
 
