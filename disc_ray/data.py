@@ -137,7 +137,7 @@ class DataConfig:
     num_cpus_per_worker: float = 1.0
     """CPUs reserved by each pipeline task; the tokenizer runs with that many threads."""
     batch_rows: int = 512
-    """Records per block; blocks are also cut at ~8M characters."""
+    """Records per block read, and documents per tokenizer call; blocks are also cut at ~8M characters."""
     synthetic_documents: int = 64
     """Size of the built-in synthetic corpus the main job uses when ``path`` is None."""
 
