@@ -694,6 +694,9 @@ def drop_duplicates(out: Path, files: list[str], line_based: bool, tokenizer_sou
         return 0
     original = dict(zip(keys[later].tolist(), first_key[~group_start].tolist()))  # order key -> order key of the copy kept
     later_keys = pa.array(list(original), pa.int64())
+    from disc_ray.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_source)  # kept rows carry no text: a duplicate's preview is its first tokens, decoded
     moved = []
     for number in np.unique(where[later]).tolist():
         path = paths[number]
@@ -703,8 +706,8 @@ def drop_duplicates(out: Path, files: list[str], line_based: bool, tokenizer_sou
         later_rows = table.filter(pa.array(is_later))
         for row in later_rows.filter(pc.equal(later_rows.column("example_index"), 0)).to_pylist():
             kept_at = original[row["order_key"]]
-            if not row["reason"]:  # kept rows carry no text: the preview is their first tokens, decoded
-                row["preview"] = _preview(_cached_tokenizer(tokenizer_source, 1).decode(row["input_ids"][row["num_special_prefix"]:][:256]))
+            if not row["reason"]:
+                row["preview"] = _preview(tokenizer.decode(row["input_ids"][row["num_special_prefix"]:][:256]))
             moved.append({**row, "input_ids": [], "split_starts": [], "split_ends": [], "num_special_prefix": 0, "num_tokens": 0,
                           "reason": "duplicate", "detail": f"same text as {_locate(files[kept_at >> 40], kept_at & ((1 << 40) - 1), line_based)}"})
         rest = table.filter(pa.array(~is_later))
@@ -960,10 +963,11 @@ def prepare_documents(texts: list, tokenizer, cfg: SplitConfig, max_length: int 
     spans: list[list[tuple[int, int]]] = []
     table = _byte_level_tokens(tokenizer)
     if valid and table is not None:
-        ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast([texts[i] for i in valid], add_special_tokens=True)]
-        exact, starts, ends = table.char_offsets([texts[i] for i in valid], ids)
+        valid_texts = [texts[i] for i in valid]
+        ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(valid_texts, add_special_tokens=True)]
+        exact, starts, ends = table.char_offsets(valid_texts, ids)
         counts = np.array([len(ids[j]) - table.prefix - table.suffix for j in exact], dtype=np.int64)
-        spans += _sentence_spans_of_tokens([texts[valid[j]] for j in exact], starts, ends, counts, [table.prefix] * len(exact))
+        spans += _sentence_spans_of_tokens([valid_texts[j] for j in exact], starts, ends, counts, [table.prefix] * len(exact))
         docs += [(valid[j], ids[j], table.prefix) for j in exact]
         done = set(exact)
         valid = [i for j, i in enumerate(valid) if j not in done]
@@ -1043,19 +1047,22 @@ def _int32_lists(lists: list[list[int]]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def prepare_block(block: pa.Table, *, tokenizer_source: str, split: dict, max_length: int, with_splits: bool,
-                  strict: bool, line_based: bool, threads: int, batch_rows: int = 512) -> pa.Table:
+def prepare_block(block: pa.Table, *, batch_rows: int = 512, **options) -> pa.Table:
     """Ray Data UDF: cleaned block -> OUTPUT_SCHEMA rows (one per example, one per rejected record).
 
     Works through the block ``batch_rows`` documents at a time: Ray Data hands a fused stage the reader's
     blocks coalesced (up to 128 MiB, a whole file), and tokenizing + mapping 10,000 documents in one
     call costs ~20% more per token than batches of 512 (cache misses on the batch-wide arrays).
+    ``options``: those of :func:`_prepare_batch`.
     """
-    if len(block) > batch_rows:
-        return pa.concat_tables([prepare_block(block.slice(start, batch_rows), tokenizer_source=tokenizer_source, split=split,
-                                               max_length=max_length, with_splits=with_splits, strict=strict, line_based=line_based,
-                                               threads=threads, batch_rows=batch_rows)
-                                 for start in range(0, len(block), batch_rows)])
+    if len(block) <= batch_rows:
+        return _prepare_batch(block, **options)
+    return pa.concat_tables([_prepare_batch(block.slice(start, batch_rows), **options) for start in range(0, len(block), batch_rows)])
+
+
+def _prepare_batch(block: pa.Table, *, tokenizer_source: str, split: dict, max_length: int, with_splits: bool,
+                   strict: bool, line_based: bool, threads: int) -> pa.Table:
+    """One batch of :func:`prepare_block`: one tokenizer call for its documents, one output row per example or reject."""
     tokenizer = _cached_tokenizer(tokenizer_source, threads)
     cfg = SplitConfig(**split)
     c = block.to_pydict()

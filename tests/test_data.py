@@ -106,22 +106,26 @@ def test_fast_segmenter_matches_the_core():
     assert not any(chr(c).isspace() for c in range(len(_WHITESPACE), sys.maxunicode + 1))
 
 
+def _assert_batched_is_the_core(texts: list, tokenizer, cfg: SplitConfig, max_length: int = 2048, with_splits: bool = True):
+    """prepare_documents (the pipeline) gives, text by text, exactly what splits.prepare_document (the core) gives."""
+    for text, got in zip(texts, prepare_documents(texts, tokenizer, cfg, max_length, with_splits)):
+        try:
+            expected = prepare_document(text, tokenizer, cfg, max_length, with_splits)
+        except DocumentSkipped as skipped:
+            assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, (repr(text), got)
+            continue
+        assert not isinstance(got, DocumentSkipped), (repr(text), got)
+        assert [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in got] == \
+               [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected], repr(text)
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_batched_preparation_gives_the_cores_examples(tokenizer, strategy):
     """The pipeline's batched path must produce exactly what splits.prepare_document produces."""
     texts = _passages()[:40] + ADVERSARIAL + [None, "", "  \n "]
     cfg = SplitConfig(strategy=strategy, seed=7, suffix_tokens=8)
     for max_length, with_splits in ((2048, True), (48, True), (48, False)):
-        batched = prepare_documents(texts, tokenizer, cfg, max_length, with_splits)
-        for text, got in zip(texts, batched):
-            try:
-                expected = prepare_document(text, tokenizer, cfg, max_length, with_splits)
-            except DocumentSkipped as skipped:
-                assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, (text, got)
-                continue
-            assert not isinstance(got, DocumentSkipped), (text, got)
-            assert [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in got] == \
-                   [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected]
+        _assert_batched_is_the_core(texts, tokenizer, cfg, max_length, with_splits)
 
 
 def _tokenizer_variant(tokenizer, variant: str):
@@ -158,14 +162,7 @@ def test_offset_free_path_matches_the_core_or_steps_aside(tokenizer, variant, by
         exact, _, _ = table.char_offsets(valid, [e.ids for e in tok.backend_tokenizer.encode_batch_fast(valid)])
         assert (len(exact) < len(valid)) == (variant == "lstrip_added_token")  # the <sep> document steps aside
     cfg = SplitConfig(seed=5)
-    for text, got in zip(texts, prepare_documents(texts, tok, cfg, 64)):
-        try:
-            expected = prepare_document(text, tok, cfg, 64)
-        except DocumentSkipped as skipped:
-            assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, (text, got)
-            continue
-        assert [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in got] == \
-               [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected], text
+    _assert_batched_is_the_core(texts, tok, cfg, 64)
     padded = _tokenizer_variant(tokenizer, "as_shipped")
     padded.backend_tokenizer.enable_padding(length=4096)  # a caller's padding left on: the offsets path, unpadded rows
     assert data_module._byte_level_tokens(padded) is None
@@ -179,15 +176,7 @@ def test_fuzzed_text_gives_the_cores_rows(tokenizer):
     pieces = ["Hello", " world", ".", " ", "  ", "\n", "\n\n", "\t", "\u3000", "\u00a0", "\u2028", "é", "日本", "。", "😀", "<|im_end|>",
               "Dr.", " A.", "e\u0301", "1.5", " 42", "!", "?", "\x00", "\u200b", "Ω", "—", "'s", "\r", "\x1c", "ﬁ"]
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(400)]
-    cfg = SplitConfig(seed=3)
-    for text, got in zip(texts, prepare_documents(texts, tokenizer, cfg, 2048)):
-        try:
-            expected = prepare_document(text, tokenizer, cfg, 2048)
-        except DocumentSkipped as skipped:
-            assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, repr(text)
-            continue
-        assert [(e.input_ids, e.sentence_spans, e.split_spans) for e in got] == [(e.input_ids, e.sentence_spans, e.split_spans) for e in expected], repr(text)
-
+    _assert_batched_is_the_core(texts, tokenizer, SplitConfig(seed=3))
 
 
 def test_prepare_block_works_through_a_coalesced_block_in_batches(embedded_dir, tmp_path):
