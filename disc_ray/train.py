@@ -17,6 +17,7 @@ objectives); this module only adds distribution:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -47,6 +48,9 @@ from disc_ray.objectives import pack_batch
 from disc_ray.splits import batch_to_examples
 
 TRAIN_STATE_FILE = "train_state.json"
+# The loop state of a fresh run; a checkpoint's saved state is read over it, so a key added later (or
+# missing from an older checkpoint) has its initial value instead of failing the resumed run.
+INITIAL_TRAIN_STATE = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "documents_seen": 0, "resumed_from_steps": []}
 EXPORT_MARKER = "disc_ray_export.json"
 
 
@@ -105,9 +109,13 @@ def load_training_checkpoint(directory: Path, student, optimizer, scheduler) -> 
     loaded = {"model": model_state, "optim": optim_state}
     dcp.load(loaded, checkpoint_id=str(directory))
     set_state_dict(student, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-    state = json.loads((directory / TRAIN_STATE_FILE).read_text())
-    scheduler.load_state_dict(state.pop("scheduler"))
-    return state
+    path = directory / TRAIN_STATE_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if "step" not in saved or "scheduler" not in saved:
+        raise ValueError(f"checkpoint {directory} has no loop state ({TRAIN_STATE_FILE} without step/scheduler): "
+                         "it was not written by disc-ray's trainer; start a new run.name")
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    return {**copy.deepcopy(INITIAL_TRAIN_STATE), **saved}
 
 
 def rows_to_batches(shard, cfg: AdaptConfig, skip_batches: int):
@@ -169,11 +177,11 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = build_optimizer(student, cfg.train)
     scheduler = build_lr_scheduler(optimizer, cfg.train, total_steps)
 
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "documents_seen": 0}
+    state = copy.deepcopy(INITIAL_TRAIN_STATE)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_training_checkpoint(Path(directory), student, optimizer, scheduler)
-        state["resumed_from_steps"] = state.get("resumed_from_steps", []) + [state["step"]]
+        state["resumed_from_steps"] = state["resumed_from_steps"] + [state["step"]]
         if rank == 0:
             print(f"[disc-ray] resumed from step {state['step']} (epoch {state['epoch']}, {state['batches_in_epoch']} batches in)")
     restored_step = state["step"]  # the metrics log is cut back to this on the first write

@@ -119,20 +119,37 @@ def test_token_normalization_weights_every_token_equally(student_teacher, tokeni
 
 
 def test_gradient_accumulation_4x1_equals_1x4(student_teacher, tokenizer, bioasq_passages):
+    """The accumulated gradient of 4 micro-batches of 1 equals that of 1 micro-batch of 4.
+
+    Compared before the optimizer step (captured by a pre-step hook on the real AdamW): Adam divides by
+    sqrt(v), so after one step a 1e-7 difference on a near-zero gradient becomes an lr-sized parameter
+    difference, which says nothing about accumulation. The two gradients differ only by fp32 summation
+    order (per-document sums added in another order, matmuls over other shapes): each element's error is
+    bounded by a few hundred ulps of the largest terms summed into it, so the tolerance is relative to the
+    largest gradient element (1e-5 x max|g|, ~80 ulps of it), plus rtol 1e-5 for large elements.
+    """
     student, teacher = student_teacher
     examples = examples_for(bioasq_passages[:4], tokenizer)[:4]
     cfg = ObjectiveConfig(name="disc")
-    params = {}
+    results = {}
     for label, micro in (("4x1", [[e] for e in examples]), ("1x4", [examples])):
         model = copy.deepcopy(student)
         train_cfg = TrainConfig(lr=1e-3)
         optimizer = build_optimizer(model, train_cfg)
+        captured = {}
+        optimizer.register_step_pre_hook(
+            lambda *_: captured.update({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}))
         metrics = train_step(model, teacher, [pack_disc_batch(m) for m in micro], optimizer,
                              build_lr_scheduler(optimizer, train_cfg, 10), cfg)
-        params[label] = (metrics, [p.detach().clone() for p in model.parameters()])
-    torch.testing.assert_close(params["4x1"][0]["loss"], params["1x4"][0]["loss"], rtol=1e-5, atol=1e-6)
-    for a, b in zip(params["4x1"][1], params["1x4"][1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        results[label] = (metrics, captured)
+    (metrics_a, grads_a), (metrics_b, grads_b) = results["4x1"], results["1x4"]
+    torch.testing.assert_close(metrics_a["loss"], metrics_b["loss"], rtol=1e-5, atol=0.0)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) == len(list(student.parameters()))
+    scale = max(g.abs().max().item() for g in grads_b.values())
+    assert scale > 0
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
+    torch.testing.assert_close(metrics_a["grad_norm"], metrics_b["grad_norm"], rtol=1e-5, atol=0.0)
 
 
 def test_packed_batch_never_crosses_documents(tokenizer, bioasq_passages):

@@ -62,27 +62,45 @@ def test_two_fsdp_workers_match_one_process_and_export_reloads(local_ray, tmp_pa
         torch.testing.assert_close(exported(ids).logits, single.eval()(ids).logits, rtol=1e-3, atol=1e-4)
 
 
-def kill_a_worker_once_checkpointed(run_dir, killed):
-    """Once Ray has registered a checkpoint of the run, SIGKILL one training worker process."""
+def kill_a_worker_once_checkpointed(run_dir, gate, killed):
+    """Once Ray has registered a checkpoint of the run, SIGKILL one training worker process, then open the gate."""
     deadline = time.time() + 300
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    while time.time() < deadline:
-        if snapshot.exists() and "checkpoint_0000" in snapshot.read_text():
-            for process in psutil.process_iter(["cmdline"]):
-                if "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
-                    process.kill()
-                    killed.append(process.pid)
-                    return
-        time.sleep(0.02)
+    try:
+        while time.time() < deadline and not killed:
+            if snapshot.exists() and "checkpoint_0000" in snapshot.read_text():
+                for process in psutil.process_iter(["cmdline"]):
+                    if "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
+                        process.kill()
+                        killed.append(process.pid)
+                        break
+            time.sleep(0.02)
+    finally:
+        gate.touch()
+
+
+def gated_rows(rows, gate, first_gated):
+    """A dataset of ``rows`` (one per block) whose rows from index ``first_gated`` on are held back until ``gate``
+    exists: the run cannot finish before the kill, however slow or fast the machine (no timing involved)."""
+
+    def hold(row):
+        while row["gate_index"] >= first_gated and not gate.exists():
+            time.sleep(0.05)
+        return {k: v for k, v in row.items() if k != "gate_index"}
+
+    indexed = [dict(row, gate_index=i) for i, row in enumerate(rows)]
+    return ray.data.from_items(indexed, override_num_blocks=len(indexed)).map(hold)
 
 
 def test_killed_worker_resumes_from_checkpoint_without_repeating_steps(local_ray, tmp_path, tiny_dir, tokenizer, bioasq_passages):
     rows = [example_to_row(e) for t in bioasq_passages[:32] for e in prepare_document(t, tokenizer, SplitConfig())]
+    assert len(rows) == 32
     cfg = config(tmp_path, "--run.name=kill", "--run.checkpoint_every_n_steps=2", "--run.max_failures=1", "--train.lr=1e-3")
-    killed: list[int] = []
-    watcher = threading.Thread(target=kill_a_worker_once_checkpointed, args=(tmp_path / "runs" / "kill", killed))
+    gate, killed = tmp_path / "gate", []
+    watcher = threading.Thread(target=kill_a_worker_once_checkpointed, args=(tmp_path / "runs" / "kill", gate, killed))
     watcher.start()
-    result = build_trainer(cfg, ray.data.from_items(rows), total_steps=16, model_source=str(tiny_dir)).fit()
+    # 2 workers x 1 document per step: steps 1-8 can run on the first 16 rows; the rest wait for the kill.
+    result = build_trainer(cfg, gated_rows(rows, gate, first_gated=16), total_steps=16, model_source=str(tiny_dir)).fit()
     watcher.join()
     assert killed, "no worker was killed"
     assert result.error is None and result.metrics["step"] == 16
@@ -90,6 +108,7 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_steps(local_ray
     assert steps == list(range(1, 17)), steps  # every optimizer step once: none repeated, none skipped
     state = json.loads((tmp_path / "runs" / "kill" / "export" / "run.json").read_text())["train_state"]
     assert state["step"] == 16 and state["documents_seen"] == 32
-    (resumed_from,) = state["resumed_from_steps"]  # restored model + optimizer from a checkpoint, not from scratch
-    assert resumed_from >= 2 and resumed_from % 2 == 0
+    assert len(state["resumed_from_steps"]) == 1, state  # restored model + optimizer from a checkpoint, not from scratch
+    (resumed_from,) = state["resumed_from_steps"]
+    assert 2 <= resumed_from <= 8 and resumed_from % 2 == 0
     assert killed[0] not in {p.pid for p in psutil.process_iter()}
