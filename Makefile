@@ -44,7 +44,7 @@ test: install
 
 # The pure-torch core and data logic, no Ray cluster: under 3 minutes on 2 cores.
 test-fast: install
-	$(PY) -m pytest -q -m "core and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "core and not slow and not gpu" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) jobs/adapt.py $(ARGS)

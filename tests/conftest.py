@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / ".." / "shared" / "data"
 BIOASQ = SHARED_DATA / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
 IFEVAL = SHARED_DATA / "ifeval" / "input_data.jsonl"
+
+# Test tiers (markers registered in pyproject.toml): a test marked `ray` starts a Ray cluster or runs an
+# entry point as a subprocess; every other test is `core` (in process, pure torch / data logic) and is
+# what `make test-fast` runs, less those marked `slow`. A core test that starts Ray fails (below), so a
+# new test cannot land in the fast tier by mistake.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("ray") is None:
+            item.add_marker(pytest.mark.core)
+
+
+@pytest.fixture(autouse=True)
+def _core_tests_start_no_ray(request):
+    yield
+    ray = sys.modules.get("ray")
+    if request.node.get_closest_marker("ray") is None and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this test started Ray: mark it @pytest.mark.ray (it is not a core test)")
 
 
 @pytest.fixture(scope="session")

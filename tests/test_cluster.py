@@ -49,6 +49,7 @@ def cluster_config() -> dict:
     return yaml.safe_load(CLUSTER_YAML.read_text())
 
 
+@pytest.mark.ray
 def test_cluster_yaml_passes_rays_own_validation(cluster_config):
     """What `ray up` does before it talks to AWS: merge the provider defaults, fill in node-type limits,
     check the docker section, validate against Ray's cluster schema."""
@@ -320,6 +321,7 @@ def two_node_cluster(tmp_path):
         assert not leftovers, f"processes of the test cluster survived: {leftovers}"
 
 
+@pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_submitted_job_trains_on_the_node_with_the_training_resource(two_node_cluster, tiny_model_dir, tmp_path):
     dashboard, env = two_node_cluster["dashboard"], two_node_cluster["env"]

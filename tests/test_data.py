@@ -221,6 +221,7 @@ def test_cleaning_rules():
 # --------------------------------------------------------------------------- real data
 
 
+@pytest.mark.ray
 def test_bioasq_rows_are_what_the_objective_expects(ray_session, tokenizer, tmp_path):
     from disc_ray.objectives import pack_disc_batch
 
@@ -257,6 +258,7 @@ def test_bioasq_rows_are_what_the_objective_expects(ray_session, tokenizer, tmp_
     assert [(e.input_ids, e.split_spans) for e in rows_to_examples(arrow_batch)] == [(e.input_ids, e.split_spans) for e in examples]
 
 
+@pytest.mark.ray
 def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path, monkeypatch):
     passages = _passages()
     corpus = tmp_path / "corpus"
@@ -285,6 +287,7 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.ray
 def test_every_bad_record_is_counted_and_written_to_rejects(ray_session, tmp_path):
     passages = _passages()
     corpus = tmp_path / "corpus"
@@ -338,6 +341,7 @@ def test_every_bad_record_is_counted_and_written_to_rejects(ray_session, tmp_pat
     assert [r[1] for r in windows] == list(range(len(windows)))
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("case", ["malformed_json", "single_sentence", "parquet_null"])
 def test_strict_turns_a_skip_into_a_one_line_error(ray_session, tmp_path, case):
     passages = _passages()
@@ -439,6 +443,7 @@ def jsonl_reference_rows(ray_session, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt, detected", [("jsonl.gz", "jsonl"), ("parquet_glob", "parquet"), ("parquet_nested", "parquet"),
                                            ("text", "text"), ("text_lines", "text_lines"), ("hf_disk", "hf_disk")])
+@pytest.mark.ray
 def test_every_format_gives_the_same_rows(ray_session, tmp_path, jsonl_reference_rows, fmt, detected):
     passages, reference = jsonl_reference_rows
     cfg = _write_format(fmt, tmp_path, passages)
@@ -477,6 +482,7 @@ def punctuation_tokenizer(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.mark.ray
 def test_a_corpus_larger_than_the_object_store_streams_through(ray_session, tmp_path, punctuation_tokenizer):
     from ray._private.internal_api import memory_summary
 
@@ -504,6 +510,7 @@ def test_a_corpus_larger_than_the_object_store_streams_through(ray_session, tmp_
     assert spilled is None or int(spilled.group(1)) < 0.5 * OBJECT_STORE_BYTES / 2**20, summary
 
 
+@pytest.mark.ray
 def test_shards_are_equal(ray_session):
     import ray.data
 
@@ -529,6 +536,7 @@ def test_shards_are_equal(ray_session):
 # --------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.ray
 def test_cli_inspect_prints_counts_and_samples_and_writes_reusable_rows(ray_session, tmp_path, capsys):
     from disc_ray.cli import main
 
@@ -546,6 +554,7 @@ def test_cli_inspect_prints_counts_and_samples_and_writes_reusable_rows(ray_sess
         build_training_dataset(DataConfig(path=str(out), max_length=512), SplitConfig())
 
 
+@pytest.mark.ray
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "disc_ray.cli", "data", "inspect", str(tmp_path / "nope.jsonl")],
                             capture_output=True, text=True, cwd=REPO, timeout=120)

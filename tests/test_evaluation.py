@@ -220,6 +220,7 @@ def test_report_table_and_plot(tmp_path):
     assert write_report(runs, tmp_path / "r2", max_drop=15.0)["best"] == "lr3"
 
 
+@pytest.mark.ray
 def test_report_cli(tmp_path):
     from disc_ray.cli import main
 
@@ -244,6 +245,7 @@ def _assert_clean_error(result: subprocess.CompletedProcess, fragment: str):
     assert len(errors) == 1 and fragment in errors[0], result.stderr
 
 
+@pytest.mark.ray
 def test_job_bad_inputs_give_one_line_errors(tmp_path, embedded_dir):
     bad_rows = write_jsonl(tmp_path / "bad.jsonl", [{"question": "Q?", "options": ["a", "b"], "correct_index": 1}, "{oops"])
     no_tokenizer = tmp_path / "model_without_tokenizer"

@@ -106,6 +106,7 @@ def test_sentence_splitters_ship_their_models():
         sentence_splitter("nope")
 
 
+@pytest.mark.ray
 def test_import_is_offline_and_leaves_nltk_download_alone():
     """NLTK's punkt data is absent here; importing the checkers must neither download nor print, and must
     restore nltk.download afterwards."""

@@ -190,6 +190,7 @@ def test_reference_responses_are_generated_once_and_cached(tiny_dir, tmp_path):
 # --------------------------------------------------------------------------- the job, end to end
 
 
+@pytest.mark.ray
 def test_evaluate_job_end_to_end_on_tiny_models(tmp_path, tiny_dir, embedded_dir):
     from disc_ray.models import build_tiny_model
 
@@ -227,6 +228,7 @@ def test_evaluate_job_end_to_end_on_tiny_models(tmp_path, tiny_dir, embedded_dir
     assert (tmp_path / "report" / "tradeoff.png").stat().st_size > 1000
 
 
+@pytest.mark.ray
 def test_baseline_can_be_a_previous_eval_json(tmp_path, tiny_dir, student_teacher, tokenizer):
     from disc_ray.evaluation.runner import main
 
@@ -278,6 +280,7 @@ def test_embedded_default_prefers_obvious_answers_by_loglikelihood(embedded_dir)
 # --------------------------------------------------------------------------- vLLM agrees with hf (GPU machines)
 
 
+@pytest.mark.gpu
 def test_vllm_and_hf_give_the_same_greedy_scores(embedded_dir):
     pytest.importorskip("vllm", reason="vLLM is not installed here (it needs Linux + an NVIDIA GPU): hf-vs-vllm check skipped")
     from disc_ray.evaluation.backends import VLLMBackend

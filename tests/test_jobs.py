@@ -10,6 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.ray  # every test here starts a Ray cluster or a job subprocess
+
 
 def run_job(*args, cwd=REPO, timeout=600, env=None):
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

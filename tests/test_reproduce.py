@@ -34,6 +34,7 @@ def ray_stopped_after():
     ray.shutdown()
 
 
+@pytest.mark.ray
 def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, tiny_model_dir, ray_stopped_after):
     """lr 3 wrecks the model at step 1 and the drift budget stops it (never selectable); lr 1e-9 changes nothing
     and keeps IFEval: the rule must pick it for each method."""
@@ -81,6 +82,7 @@ def test_domain_metric_is_what_the_rule_maximises(tmp_path):
         sweep_file(PRESETS["quick"], domain_metric="f1", **common)
 
 
+@pytest.mark.ray
 def test_command_line_rejects_too_many_documents(tmp_path):
     from disc_ray.reproduce import main
 

@@ -16,6 +16,8 @@ from disc_ray.models import build_tiny_model
 from disc_ray.splits import SplitConfig, example_to_row, prepare_document
 from disc_ray.train import build_trainer
 
+pytestmark = pytest.mark.ray  # every test here starts a Ray cluster or a job subprocess
+
 
 @pytest.fixture(scope="module")
 def local_ray():

@@ -41,6 +41,7 @@ def test_every_shipped_space_is_valid(path, monkeypatch):
     assert config.run.name == "trial_abc_00000" and config.run.storage_path.endswith(f"{sweep.settings.name}/runs")
 
 
+@pytest.mark.ray
 def test_space_becomes_tune_domains_with_typed_values():
     from ray.tune.search.sample import Categorical, Float, Integer
 
@@ -88,6 +89,7 @@ def test_invalid_sweep_files_name_the_key(raw, message):
     assert str(err.value).startswith(message), str(err.value)
 
 
+@pytest.mark.ray
 def test_invalid_space_fails_on_the_command_line_before_ray_starts(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"space": {"train.lr": {"grid": [1e-5, -1]}}}))
@@ -195,6 +197,7 @@ def _stub_trial(config):
     tune.report({"step": 4, "evaluated": 1, "drift_kl": config["train.lr"] * 4e4, "sweep_score": -config["train.lr"] * 1e4})
 
 
+@pytest.mark.ray
 def test_optuna_and_asha_adapters_in_a_tune_run(local_ray, tmp_path):
     from ray import tune
 
@@ -260,6 +263,7 @@ def terminated_trials(sweep_dir: Path) -> set[str]:
     return done
 
 
+@pytest.mark.ray
 def test_sweep_selects_the_known_trial_and_resumes_without_rerunning_finished_trials(tmp_path, tiny_model_dir):
     from disc_ray.tuning.trial import read_trial_log
 
