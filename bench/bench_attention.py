@@ -1,0 +1,109 @@
+"""Packed attention without a dense mask: time and peak memory of one packed student row, measured in one run.
+
+One packed row of ``--tokens`` tokens made of ``--split-tokens``-token splits (position ids restarting at 0
+per split, as the DiSC student's row), forward + backward through the decoder, for:
+  * ``sdpa``: transformers builds a dense block-diagonal ``[S, S]`` mask from the position ids;
+  * ``disc_packed_sdpa`` (disc_ray/attention.py): causal SDPA on each split alone, no mask.
+Each variant runs in its own subprocess; peak memory is the process's RSS high-water mark (VmHWM) after
+the step minus the one before it (model, inputs and one short warm-up step already resident) on CPU, or
+``max_memory_allocated`` on CUDA. Rounds are interleaved and the medians printed with their ratios.
+
+    python bench/bench_attention.py [--tokens 8192] [--split-tokens 300] [--layers 4] [--rounds 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("sdpa", "disc_packed_sdpa")
+
+
+def vm_hwm_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def run_one(args) -> dict:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from disc_ray.attention import register_packed_attention
+    from disc_ray.models import embedded_default_dir
+
+    register_packed_attention()
+    config = AutoConfig.from_pretrained(embedded_default_dir())  # SmolLM2-135M's shapes (Llama), random weights
+    config.num_hidden_layers = args.layers
+    config.max_position_embeddings = max(config.max_position_embeddings, args.tokens)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=args.variant).to(device)
+    lengths = [args.split_tokens] * (args.tokens // args.split_tokens)
+    if args.tokens % args.split_tokens:
+        lengths.append(args.tokens % args.split_tokens)
+    ids = torch.randint(0, config.vocab_size, (1, args.tokens), device=device)
+    position_ids = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
+    no_logits = torch.zeros(0, dtype=torch.long, device=device)
+
+    def step(n_tokens: int) -> None:
+        out = model(input_ids=ids[:, :n_tokens], position_ids=position_ids[:, :n_tokens], use_cache=False,
+                    output_hidden_states=True, logits_to_keep=no_logits)
+        out.hidden_states[-1].float().square().mean().backward()
+        model.zero_grad(set_to_none=False)
+
+    step(2 * args.split_tokens)  # warm-up: kernels, gradient buffers
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.max_memory_allocated()
+    else:
+        before = vm_hwm_kib() * 1024
+    started = time.perf_counter()
+    step(args.tokens)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    after = torch.cuda.max_memory_allocated() if device.type == "cuda" else vm_hwm_kib() * 1024
+    return {"variant": args.variant, "seconds": seconds, "peak_extra_mib": (after - before) / 2**20, "splits": len(lengths)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--split-tokens", type=int, default=300)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one measurement
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_one(args)))
+        return
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for round_index in range(args.rounds):
+        for variant in VARIANTS:
+            command = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens), "--split-tokens",
+                       str(args.split_tokens), "--layers", str(args.layers), "--device", args.device]
+            line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
+            results[variant].append(json.loads(line))
+            print(f"round {round_index + 1}: {results[variant][-1]}", flush=True)
+    median = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_extra_mib")} for v, rs in results.items()}
+    dense, packed = median["sdpa"], median["disc_packed_sdpa"]
+    print(f"\none packed row: {args.tokens} tokens, {results['sdpa'][0]['splits']} splits of <= {args.split_tokens}, "
+          f"{args.layers} layers of SmolLM2-135M's shape, forward+backward on {args.device}, medians of {args.rounds} rounds")
+    for v in VARIANTS:
+        print(f"  {v:18s} {median[v]['seconds']:8.2f} s  peak extra {median[v]['peak_extra_mib']:9.1f} MiB")
+    print(f"  packed / dense: time {packed['seconds'] / dense['seconds']:.2f}x, "
+          f"peak extra memory {packed['peak_extra_mib'] / dense['peak_extra_mib']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Packed attention that isolates splits without a dense ``[S, S]`` mask.
+
+A packed row holds several sequences (the student's splits, or the teacher's documents), each with
+``position_ids`` restarting at 0. transformers' ``sdpa`` path turns that into a dense block-diagonal
+4D mask: memory and work grow with the square of the row's length. This module registers an
+attention implementation, ``disc_packed_sdpa``, that runs ``F.scaled_dot_product_attention`` with
+``is_causal=True`` on each sequence of the row separately (the diagonal blocks only), so the memory
+of attention grows with the longest sequence, not with the packed row, and no mask is built
+(transformers builds none for an attention name it has no mask function for).
+
+Exactness: each sequence attends to itself alone, causally, with the same scale and kernels as
+``sdpa``; nothing else changes in the model. Where the call is not a packed causal self-attention
+(a mask was given, a KV cache is in use, a batch of several rows) it falls back to transformers'
+own ``sdpa`` function. What it cannot do exactly it refuses: attention logit softcapping (Gemma 2)
+and a sliding window shorter than a sequence raise ``ValueError`` (the loader then keeps a dense
+path for such models).
+
+Segments start where ``position_ids[t] != position_ids[t-1] + 1`` (transformers' own rule for packed
+rows, ``masking_utils.find_packed_sequence_indices``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PACKED_SDPA = "disc_packed_sdpa"
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of the sequences packed in one row.
+
+    Args:
+        position_ids: ``[1, S]`` or ``[S]`` long, restarting at 0 (or jumping) where a sequence starts.
+    Returns:
+        half-open token ranges covering ``[0, S)`` in order.
+    """
+    p = position_ids.reshape(-1)
+    starts = (torch.nonzero(p[1:] != p[:-1] + 1).flatten() + 1).tolist()
+    edges = [0, *starts, p.numel()]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                                  scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers attention interface: ``query [B, H, S, D]``, ``key/value [B, H_kv, S, D]`` -> ``([B, S, H, D], None)``.
+
+    Raises:
+        ValueError: attention softcapping, or a sliding window shorter than a packed sequence.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    packed = (attention_mask is None and position_ids is not None and query.shape[0] == 1
+              and query.shape[2] == key.shape[2] == position_ids.shape[-1] and query.shape[2] > 1
+              and getattr(module, "is_causal", True) and is_causal is not False)
+    if not packed:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise ValueError(f"{PACKED_SDPA} cannot apply attention logit softcapping")
+    bounds = segment_bounds(position_ids)
+    window = kwargs.get("sliding_window")
+    if window is not None and max(e - s for s, e in bounds) > window:
+        raise ValueError(f"{PACKED_SDPA}: a packed sequence is longer than the sliding window ({window})")
+    gqa = query.shape[1] != key.shape[1]
+    outputs = [
+        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
+                                       is_causal=True, scale=scaling, enable_gqa=gqa)
+        for s, e in bounds
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> str:
+    """Register ``disc_packed_sdpa`` with transformers (idempotent); returns its name for ``attn_implementation``."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention_forward)
+    return PACKED_SDPA

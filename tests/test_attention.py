@@ -1,0 +1,76 @@
+"""The packed attention path (disc_packed_sdpa): each split attends to itself alone, no dense mask."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from disc_ray.attention import PACKED_SDPA, register_packed_attention, segment_bounds
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, reference_disc_loss
+from disc_ray.splits import SplitConfig, prepare_document
+
+
+def tiny(model_type: str, attn: str, **overrides):
+    register_packed_attention()
+    config = AutoConfig.for_model(model_type, vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, **overrides)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+
+
+def test_segment_bounds_follow_position_resets():
+    assert segment_bounds(torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])) == [(0, 3), (3, 5), (5, 9)]
+    assert segment_bounds(torch.tensor([0, 1, 2])) == [(0, 3)]
+    assert segment_bounds(torch.tensor([[0, 1, 0, 0, 1]])) == [(0, 2), (2, 3), (3, 5)]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_packed_rows_equal_each_split_alone_and_the_dense_path(model_type):
+    dense = tiny(model_type, "sdpa")
+    packed = tiny(model_type, PACKED_SDPA)
+    packed.load_state_dict(dense.state_dict())
+    lengths = [7, 30, 1, 12]
+    ids = torch.randint(0, 49152, (1, sum(lengths)), generator=torch.Generator().manual_seed(3))
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    out = {}
+    for name, model in (("dense", dense), ("packed", packed)):
+        hidden = model(input_ids=ids, position_ids=pos, use_cache=False, output_hidden_states=True).hidden_states[-1]
+        hidden.square().sum().backward()
+        out[name] = (hidden.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(out["packed"][0], out["dense"][0], rtol=1e-5, atol=1e-5)
+    scale = max(g.abs().max().item() for g in out["dense"][1].values())  # fp32 summation order: relative to the largest
+    for n, g in out["dense"][1].items():
+        torch.testing.assert_close(out["packed"][1][n], g, rtol=1e-5, atol=1e-5 * scale, msg=n)
+    start = 0
+    with torch.no_grad():
+        for n in lengths:
+            alone = packed(input_ids=ids[:, start:start + n], position_ids=pos[:, start:start + n],
+                           output_hidden_states=True).hidden_states[-1]
+            torch.testing.assert_close(out["packed"][0][:, start:start + n], alone, rtol=1e-5, atol=1e-5)
+            start += n
+
+
+def test_disc_loss_and_gradients_through_the_packed_path_equal_the_per_split_reference(tokenizer, bioasq_passages):
+    student = tiny("llama", PACKED_SDPA, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    examples = [e for t in bioasq_passages[:3] for e in prepare_document(t, tokenizer, SplitConfig(seed=7))]
+    out = compute_loss(student, teacher, pack_disc_batch(examples), ObjectiveConfig())
+    out.loss.backward()
+    packed_grads = {n: p.grad.clone() for n, p in student.named_parameters()}
+    student.zero_grad()
+    reference = reference_disc_loss(student, teacher, examples)
+    reference.backward()
+    torch.testing.assert_close(out.loss, reference, rtol=1e-5, atol=1e-6)
+    for n, p in student.named_parameters():
+        torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_a_sliding_window_shorter_than_a_split_is_refused():
+    model = tiny("mistral", PACKED_SDPA, sliding_window=4)
+    ids = torch.randint(0, 100, (1, 12))
+    with pytest.raises(ValueError, match="sliding window"):
+        model(input_ids=ids, position_ids=torch.arange(12)[None] % 6, use_cache=False)
