@@ -9,6 +9,7 @@ the step minus the one before it (model, inputs and one short warm-up step alrea
 ``max_memory_allocated`` on CUDA. Rounds are interleaved and the medians printed with their ratios.
 
     python bench/bench_attention.py [--tokens 8192] [--split-tokens 300] [--layers 4] [--rounds 3] [--device cpu]
+                                    [--scope model|attention]
 """
 
 from __future__ import annotations
@@ -30,6 +31,26 @@ def vm_hwm_kib() -> int:
         if line.startswith("VmHWM"):
             return int(line.split()[1])
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def attention_only(model, position_ids, device) -> None:
+    """Forward + backward of layer 0's attention function alone on random q/k/v of the row's length."""
+    import torch
+    from transformers.masking_utils import create_causal_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    config, layer = model.config, model.model.layers[0].self_attn
+    n = position_ids.shape[-1]
+    embeds = torch.zeros(1, n, config.hidden_size, device=device)
+    mask = create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=None, past_key_values=None,
+                              position_ids=position_ids)
+    shape = (1, config.num_attention_heads, n, config.head_dim)
+    kv_shape = (1, config.num_key_value_heads, n, config.head_dim)
+    q = torch.randn(shape, device=device, requires_grad=True)
+    k, v = (torch.randn(kv_shape, device=device, requires_grad=True) for _ in range(2))
+    out, _ = ALL_ATTENTION_FUNCTIONS[config._attn_implementation](layer, q, k, v, mask, scaling=layer.scaling,
+                                                                   position_ids=position_ids)
+    out.square().mean().backward()
 
 
 def run_one(args) -> dict:
@@ -54,6 +75,9 @@ def run_one(args) -> dict:
     no_logits = torch.zeros(0, dtype=torch.long, device=device)
 
     def step(n_tokens: int) -> None:
+        if args.scope == "attention":  # one attention call as the model makes it (mask built as the model builds it)
+            attention_only(model, position_ids[:, :n_tokens], device)
+            return
         out = model(input_ids=ids[:, :n_tokens], position_ids=position_ids[:, :n_tokens], use_cache=False,
                     output_hidden_states=True, logits_to_keep=no_logits)
         out.hidden_states[-1].float().square().mean().backward()
@@ -82,6 +106,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--scope", choices=("model", "attention"), default="model",
+                        help="model: the decoder's forward+backward; attention: one attention call alone")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: one measurement
     args = parser.parse_args()
     if args.variant:
@@ -91,14 +117,15 @@ def main() -> None:
     for round_index in range(args.rounds):
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens), "--split-tokens",
-                       str(args.split_tokens), "--layers", str(args.layers), "--device", args.device]
+                       str(args.split_tokens), "--layers", str(args.layers), "--device", args.device, "--scope", args.scope]
             line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
             results[variant].append(json.loads(line))
             print(f"round {round_index + 1}: {results[variant][-1]}", flush=True)
     median = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_extra_mib")} for v, rs in results.items()}
     dense, packed = median["sdpa"], median["disc_packed_sdpa"]
     print(f"\none packed row: {args.tokens} tokens, {results['sdpa'][0]['splits']} splits of <= {args.split_tokens}, "
-          f"{args.layers} layers of SmolLM2-135M's shape, forward+backward on {args.device}, medians of {args.rounds} rounds")
+          f"{args.layers} layers of SmolLM2-135M's shape, {args.scope} forward+backward on {args.device}, "
+          f"medians of {args.rounds} rounds")
     for v in VARIANTS:
         print(f"  {v:18s} {median[v]['seconds']:8.2f} s  peak extra {median[v]['peak_extra_mib']:9.1f} MiB")
     print(f"  packed / dense: time {packed['seconds'] / dense['seconds']:.2f}x, "

@@ -5,15 +5,15 @@ A packed row holds several sequences (the student's splits, or the teacher's doc
 4D mask: memory and work grow with the square of the row's length. This module registers an
 attention implementation, ``disc_packed_sdpa``, that runs ``F.scaled_dot_product_attention`` with
 ``is_causal=True`` on each sequence of the row separately (the diagonal blocks only), so the memory
-of attention grows with the longest sequence, not with the packed row, and no mask is built
-(transformers builds none for an attention name it has no mask function for).
+of attention grows with the longest sequence, not with the packed row, and no mask is built (the
+mask function registered with it returns none for such a row).
 
 Exactness: each sequence attends to itself alone, causally, with the same scale and kernels as
 ``sdpa``; nothing else changes in the model. Where the call is not a packed causal self-attention
 (a mask was given, a KV cache is in use, a batch of several rows) it falls back to transformers'
-own ``sdpa`` function. What it cannot do exactly it refuses: attention logit softcapping (Gemma 2)
-and a sliding window shorter than a sequence raise ``ValueError`` (the loader then keeps a dense
-path for such models).
+own ``sdpa`` function with ``sdpa``'s mask (padding, caches and sliding windows keep their masks). What it
+cannot do exactly it refuses: attention logit softcapping (Gemma 2) raises ``ValueError`` (the loader
+keeps ``eager`` for such models).
 
 Segments start where ``position_ids[t] != position_ids[t-1] + 1`` (transformers' own rule for packed
 rows, ``masking_utils.find_packed_sequence_indices``).
@@ -72,9 +72,25 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def packed_sdpa_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                     attention_mask: torch.Tensor | None = None, local_size: int | None = None, **kwargs):
+    """transformers mask interface: no mask for one unpadded row without a cache or a sliding window (the
+    attention function then isolates the sequences by their position ids); anything else (padding, a KV
+    cache, sliding windows) gets ``sdpa``'s own mask, and the attention function falls back to ``sdpa``."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and batch_size == 1 and q_offset == 0 and q_length == kv_length and local_size is None:
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+                     attention_mask=attention_mask, local_size=local_size, **kwargs)
+
+
 def register_packed_attention() -> str:
-    """Register ``disc_packed_sdpa`` with transformers (idempotent); returns its name for ``attn_implementation``."""
+    """Register ``disc_packed_sdpa`` (attention and mask functions) with transformers (idempotent); returns
+    its name for ``attn_implementation``."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention_forward)
+    AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
     return PACKED_SDPA

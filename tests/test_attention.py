@@ -69,8 +69,28 @@ def test_disc_loss_and_gradients_through_the_packed_path_equal_the_per_split_ref
         torch.testing.assert_close(packed_grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
 
 
-def test_a_sliding_window_shorter_than_a_split_is_refused():
-    model = tiny("mistral", PACKED_SDPA, sliding_window=4)
+def test_a_sliding_window_keeps_a_mask_and_stays_exact():
+    dense = tiny("mistral", "sdpa", sliding_window=4)
+    packed = tiny("mistral", PACKED_SDPA, sliding_window=4)
+    packed.load_state_dict(dense.state_dict())
     ids = torch.randint(0, 100, (1, 12))
-    with pytest.raises(ValueError, match="sliding window"):
-        model(input_ids=ids, position_ids=torch.arange(12)[None] % 6, use_cache=False)
+    pos = torch.arange(12)[None] % 6
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids=ids, position_ids=pos).logits, dense(input_ids=ids, position_ids=pos).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batches_and_generation_keep_sdpa_masks():
+    """Outside one unpadded packed row (left-padded batches, KV-cache decoding) the path is sdpa's own."""
+    dense = tiny("llama", "sdpa")
+    packed = tiny("llama", PACKED_SDPA)
+    packed.load_state_dict(dense.state_dict())
+    ids = torch.randint(3, 49152, (2, 9), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0  # left padding
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids=ids, attention_mask=mask).logits,
+                                   dense(input_ids=ids, attention_mask=mask).logits, rtol=1e-5, atol=1e-5)
+        a = packed.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        b = dense.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
