@@ -34,9 +34,10 @@ ARCHITECTURES = {
     "olmo2": SMALL,
     "granite": dict(SMALL, logits_scaling=8.0),  # logits / 8 after the head
     "cohere": dict(SMALL, logit_scale=0.25),  # logits * 0.25 after the head
+    # dropout off (OPT and GPT-2 default to 0.1): ranks and the single process must compute the same loss
     "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
-                max_position_embeddings=2048),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=2048),
+                max_position_embeddings=2048, dropout=0.0),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=2048),
     "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=2048),
 }
@@ -169,7 +170,7 @@ def test_gemma2_loads_with_eager_attention_and_softcap(tmp_path, tokenizer):
 @pytest.mark.core
 def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenizer):
     """A biased output head cannot be applied by the chunked projection: `jobs/adapt.py` ends with one error line."""
-    from tests.test_jobs import run_job
+    from test_jobs import run_job
 
     folder = save_tiny("gpt2", tmp_path / "biased", tokenizer)
     model, _ = load_model_and_tokenizer(str(folder))
@@ -196,7 +197,7 @@ def local_ray():
 @pytest.mark.parametrize("model_type", RAY_ARCHITECTURES)
 def test_two_fsdp_workers_equal_one_process(model_type, local_ray, tmp_path, tokenizer, bioasq_passages):
     from disc_ray.train import build_trainer
-    from tests.test_train import read_metrics
+    from test_train import read_metrics
 
     folder = save_tiny(model_type, tmp_path / model_type, tokenizer)
     texts = bioasq_passages[:2]
