@@ -187,12 +187,13 @@ def check_model(model, tokenizer=None) -> ModelCheck:
     was_training = model.training
     model.eval()
     try:
-        own = [model(input_ids=s, use_cache=False).logits[0].float() for s in segments]
-        positions = [torch.arange(s.shape[1], device=device).unsqueeze(0) for s in segments]
-        alone = [project_to_logits(last_hidden_states(model, s, p), head) for s, p in zip(segments, positions)]
+        # The model's own logits and, from the same forward, the final hidden states the chunked path projects.
+        outputs = [model(input_ids=s, use_cache=False, output_hidden_states=True) for s in segments]
+        own = [out.logits[0].float() for out in outputs]
+        alone = [project_to_logits(out.hidden_states[-1][0], head) for out in outputs]
         head_error = max(_relative_error(a, o) for a, o in zip(alone, own))
         # The autograd function itself (chunked, with the scale and cap): log-likelihood of the probe tokens.
-        hidden, targets = last_hidden_states(model, segments[0], positions[0])[:-1], segments[0][0, 1:]
+        hidden, targets = outputs[0].hidden_states[-1][0, :-1], segments[0][0, 1:]
         _, stats = chunked_linear_divergence(hidden, head.weight, None, None, targets, torch.ones(targets.numel(), device=device),
                                              ce_scale=1.0, kl_scale=0.0, chunk_size=7, softcap=head.softcap,
                                              logit_scale=head.logit_scale)
@@ -202,6 +203,7 @@ def check_model(model, tokenizer=None) -> ModelCheck:
             raise ModelCheckError(f"{name}: the chunked vocabulary projection does not reproduce the model's own logits "
                                   f"(rel. error {head_error:.1e} > {tolerance:.0e}): its forward transforms the head's "
                                   "output in a way disc-ray does not apply; this architecture is not supported")
+        positions = [torch.arange(s.shape[1], device=device).unsqueeze(0) for s in segments]
         packed_ids, packed_positions = torch.cat(segments, dim=1), torch.cat(positions, dim=1)
         packed = project_to_logits(last_hidden_states(model, packed_ids, packed_positions), head)
         pieces = packed.split([s.shape[1] for s in segments])

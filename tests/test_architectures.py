@@ -40,9 +40,9 @@ ARCHITECTURES = {
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=2048, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=2048),
     "falcon": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=2048),
+    "phi": dict(SMALL, resid_pdrop=0.0, embd_pdrop=0.0),  # phi-1/2: lm_head with a bias
 }
-# None: supported (must match the reference); a string: refused, the error contains it.
-REFUSED: dict[str, str] = {}
+REFUSED = {"phi": r"PhiForCausalLM \(phi\): the output head has a bias"}
 # The Ray step runs for the architectures whose wrapping or attention path differs (the rest share llama's).
 RAY_ARCHITECTURES = ["llama", "opt", "gpt2", "gpt_neox", "falcon", "gemma2", "granite"]
 
@@ -163,24 +163,20 @@ def test_gemma2_loads_with_eager_attention_and_softcap(tmp_path, tokenizer):
     model, _ = load_model_and_tokenizer(str(save_tiny("gemma2", tmp_path / "g", tokenizer)))
     assert model.config._attn_implementation == "eager"
     assert model.config.final_logit_softcapping
-    model, _ = load_model_and_tokenizer(str(tmp_path / "g"))
-    assert model.config._attn_implementation == "eager"
+    assert check_model(model, tokenizer).head_rel_error < 1e-5
 
 
 @pytest.mark.core
 def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenizer):
-    """A biased output head cannot be applied by the chunked projection: `jobs/adapt.py` ends with one error line."""
+    """Phi-2's biased output head cannot be applied by the chunked projection: `jobs/adapt.py` ends with one error line."""
     from test_jobs import run_job
 
-    folder = save_tiny("gpt2", tmp_path / "biased", tokenizer)
-    model, _ = load_model_and_tokenizer(str(folder))
-    head = model.get_output_embeddings()
-    head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
-    model.save_pretrained(folder)
+    folder = save_tiny("phi", tmp_path / "phi", tokenizer)
     result = run_job("--model", str(folder), "--run.storage_path", str(tmp_path / "runs"), timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert lines and "GPT2LMHeadModel (gpt2): the output head has a bias" in lines[-1], result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: PhiForCausalLM (phi): the output head has a bias"), result.stderr[-2000:]
+    assert not any((tmp_path / "runs").rglob("checkpoint_*"))  # nothing trained
 
 
 # --------------------------------------------------------------------------- one real Ray Train step per wrapping
