@@ -167,6 +167,29 @@ def test_gemma2_loads_with_eager_attention_and_softcap(tmp_path, tokenizer):
 
 
 @pytest.mark.core
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_fsdp_wrapping_finds_every_decoder_block(model_type, tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from disc_ray.train import decoder_layers
+
+    config = AutoConfig.for_model(model_type, vocab_size=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **dict(ARCHITECTURES[model_type], **{
+        "num_hidden_layers" if model_type != "gpt2" else "n_layer": 3}))
+    layers = decoder_layers(AutoModelForCausalLM.from_config(config))
+    assert len(layers) == 3 and len({type(layer) for layer in layers}) == 1
+    assert type(layers[0]).__name__.endswith(("DecoderLayer", "Block", "Layer"))
+
+
+@pytest.mark.core
+def test_log_likelihood_scoring_refuses_an_unsupported_model(tmp_path, tokenizer):
+    from disc_ray.evaluation.backends import HFBackend
+
+    model, _ = load_model_and_tokenizer(str(save_tiny("phi", tmp_path / "phi", tokenizer)))
+    with pytest.raises(ModelCheckError, match=r"PhiForCausalLM \(phi\): the output head has a bias"):
+        HFBackend(model, tokenizer, progress=False).loglikelihood([("Question: 2+2?", " 4")])
+
+
+@pytest.mark.core
 def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenizer):
     """Phi-2's biased output head cannot be applied by the chunked projection: `jobs/adapt.py` ends with one error line."""
     from test_jobs import run_job
