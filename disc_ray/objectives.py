@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from disc_ray.model_check import OutputHead, final_logit_softcap, output_head, packed_attention_kwargs
+from disc_ray.model_check import OutputHead, output_head, packed_attention_kwargs
 from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
@@ -270,11 +270,6 @@ def last_hidden_states(model, input_ids: torch.Tensor, position_ids: torch.Tenso
         out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                     output_hidden_states=True, logits_to_keep=no_logits, **packed_attention_kwargs(model, position_ids))
     return out.hidden_states[-1][0]
-
-
-def output_head_weight(model) -> torch.Tensor:
-    """The output head's weight ``[vocab, hidden]`` (raises :class:`~disc_ray.model_check.ModelCheckError` for a biased head)."""
-    return output_head(model).weight
 
 
 @dataclass
