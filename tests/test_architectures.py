@@ -131,6 +131,23 @@ def test_probe_refuses_a_transform_after_the_head(tmp_path, tokenizer):
 
 
 @pytest.mark.core
+@pytest.mark.parametrize("model_type", ["granite", "cohere", "gemma3_text"])
+def test_probe_refuses_the_head_without_its_known_transform(model_type, tmp_path, tokenizer, monkeypatch):
+    """What happened before the check: the chunked head skipped granite's / cohere's scale (loss 63x off, exit 0)."""
+    import disc_ray.model_check as model_check
+
+    model, _ = load_model_and_tokenizer(str(save_tiny(model_type, tmp_path / "m", tokenizer)))
+    if model_type == "gemma3_text":
+        with torch.no_grad():  # logits large enough for the cap to matter, as in a trained Gemma
+            model.get_output_embeddings().weight.mul_(400.0)
+        monkeypatch.setattr(model_check, "final_logit_softcap", lambda model: None)
+    else:
+        monkeypatch.setattr(model_check, "logit_scale", lambda model: 1.0)
+    with pytest.raises(ModelCheckError, match="the chunked vocabulary projection does not reproduce the model's own logits"):
+        check_model(model, tokenizer)
+
+
+@pytest.mark.core
 def test_probe_refuses_attention_that_leaks_across_packed_splits(tmp_path, tokenizer, monkeypatch):
     model, _ = load_model_and_tokenizer(str(save_tiny("llama", tmp_path / "m", tokenizer)))
     # Forget that llama isolates splits by position ids, and hand it a mask that lets every token see every
