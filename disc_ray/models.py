@@ -171,9 +171,12 @@ def load_model_and_tokenizer(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
     cache_dir: str | Path | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
 ):
-    """Load a causal LM and its tokenizer. ``trust_remote_code`` stays off unless the caller turns it on."""
+    """Load a causal LM and its tokenizer. ``trust_remote_code`` stays off unless the caller turns it on.
+
+    ``attn_implementation=None`` chooses per model (:func:`choose_attn_implementation`): ``sdpa`` where the
+    architecture supports it, else ``eager`` (Gemma 2: SDPA cannot soft-cap attention scores)."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_source(name_or_path, cache_dir)
@@ -181,12 +184,30 @@ def load_model_and_tokenizer(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
+        attn_implementation = attn_implementation or choose_attn_implementation(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load a causal LM from {source}: {err}") from err
     return model.to(device), tokenizer
+
+
+def choose_attn_implementation(config_or_source, *, trust_remote_code: bool = False) -> str | None:
+    """``sdpa`` when the model class of this config (or folder / hub id) supports it, else ``eager``; None
+    (transformers' own default) for a class transformers does not ship (remote code).
+
+    Both take the explicit block-diagonal mask that packs splits for architectures where restarting
+    position ids is not enough (:mod:`disc_ray.model_check`); flash-attention kernels do not."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = config_or_source
+    if isinstance(config_or_source, (str, Path)):
+        config = AutoConfig.from_pretrained(str(config_or_source), trust_remote_code=trust_remote_code)
+    mapping = AutoModelForCausalLM._model_mapping
+    if type(config) not in mapping:
+        return None
+    return "sdpa" if getattr(mapping[type(config)], "_supports_sdpa", False) else "eager"
 
 
 def build_tiny_model(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from disc_ray.model_check import OutputHead, output_head, packed_attention_kwargs
 from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
@@ -157,8 +158,23 @@ def _softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
     return logits if not cap else cap * torch.tanh(logits / cap)
 
 
+def _head_logits(hidden: torch.Tensor, weight: torch.Tensor, logit_scale: float, softcap: float | None) -> torch.Tensor:
+    """fp32 ``softcap(logit_scale * hidden @ weight.T)``: ``[rows, hidden] -> [rows, vocab]``."""
+    logits = (hidden @ weight.t()).float()
+    return _softcap(logits.mul_(logit_scale) if logit_scale != 1.0 else logits, softcap)
+
+
+def project_to_logits(hidden: torch.Tensor, head: OutputHead) -> torch.Tensor:
+    """Full fp32 logits ``[rows, vocab]`` of hidden states ``[rows, hidden]``, exactly as the chunked loss computes
+    them chunk by chunk (for checks and small probes; never for a whole batch)."""
+    return _head_logits(hidden, head.weight, head.logit_scale, head.softcap)
+
+
 class ChunkedLinearDivergence(torch.autograd.Function):
     """``sum_r w_r * (ce_scale * CE_r + kl_scale * T^2 * KL(teacher_r/T || student_r/T))`` from hidden states.
+
+    A row's logits are ``softcap(logit_scale * hidden @ weight.T)``, as the model's own head computes them
+    (:func:`disc_ray.model_check.output_head`).
 
     Projects ``[chunk, hidden]`` rows to the vocabulary at a time, and computes the gradients for the
     student's hidden states and head weight in the same pass (the chunk's logits are freed before the
@@ -168,7 +184,8 @@ class ChunkedLinearDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_hidden, student_weight, teacher_hidden, teacher_weight, target_ids, row_weights,
-                ce_scale: float, kl_scale: float, temperature: float, chunk_size: int, softcap: float | None):
+                ce_scale: float, kl_scale: float, temperature: float, chunk_size: int, softcap: float | None,
+                logit_scale: float = 1.0):
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.zeros_like(student_hidden) if need_hidden_grad else None
         grad_weight = torch.zeros_like(student_weight, dtype=torch.float32) if need_weight_grad else None
@@ -178,11 +195,11 @@ class ChunkedLinearDivergence(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             hidden = student_hidden[rows]
             weight = row_weights[rows].float().unsqueeze(1)
-            logits = _softcap((hidden @ student_weight.t()).float(), softcap)
+            logits = _head_logits(hidden, student_weight, logit_scale, softcap)
             grad_logits = None
             if kl_scale:
                 student_log_probs = torch.log_softmax(logits / temperature if temperature != 1 else logits, dim=-1)
-                teacher_logits = _softcap((teacher_hidden[rows] @ teacher_weight.t()).float(), softcap)
+                teacher_logits = _head_logits(teacher_hidden[rows], teacher_weight, logit_scale, softcap)
                 teacher_log_probs = torch.log_softmax(teacher_logits.div_(temperature), dim=-1)
                 del teacher_logits
                 teacher_probs = teacher_log_probs.exp()
@@ -201,6 +218,8 @@ class ChunkedLinearDivergence(torch.autograd.Function):
                 del log_probs, ce_grad
             if softcap:  # d/draw of cap * tanh(raw / cap) = 1 - (logits / cap)^2
                 grad_logits.mul_(logits.div_(softcap).square_().neg_().add_(1.0))
+            if logit_scale != 1.0:
+                grad_logits.mul_(logit_scale)
             del logits
             if need_hidden_grad:
                 grad_hidden[rows] = (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype)
@@ -220,17 +239,19 @@ class ChunkedLinearDivergence(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype)
         if grad_weight is not None:
             grad_weight = (grad_weight * grad_loss).to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
 
 
 def chunked_linear_divergence(student_hidden, student_weight, teacher_hidden, teacher_weight, target_ids, row_weights, *,
-                              ce_scale=0.0, kl_scale=1.0, temperature=1.0, chunk_size=256, softcap=None):
-    """Functional entry to :class:`ChunkedLinearDivergence`; returns ``(loss_sum, stats)``."""
+                              ce_scale=0.0, kl_scale=1.0, temperature=1.0, chunk_size=256, softcap=None, logit_scale=1.0):
+    """Functional entry to :class:`ChunkedLinearDivergence`; returns ``(loss_sum, stats)``.
+
+    ``student_hidden`` ``[N, hidden]``, ``student_weight`` ``[vocab, hidden]``; ``teacher_hidden=None``: no KL term."""
     if teacher_hidden is None:
         teacher_hidden, teacher_weight, kl_scale = student_hidden.detach(), student_weight.detach(), 0.0
     loss, stats = ChunkedLinearDivergence.apply(student_hidden, student_weight, teacher_hidden, teacher_weight,
                                                 target_ids, row_weights, float(ce_scale), float(kl_scale),
-                                                float(temperature), int(chunk_size), softcap)
+                                                float(temperature), int(chunk_size), softcap, float(logit_scale))
     return loss, stats
 
 
@@ -240,25 +261,15 @@ def chunked_linear_divergence(student_hidden, student_weight, teacher_hidden, te
 def last_hidden_states(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Final (post-norm) hidden states ``[S, hidden]`` of a packed row, without computing any logits.
 
-    Calls the model's own forward (so FSDP hooks run) with ``logits_to_keep`` empty.
+    Calls the model's own forward (so FSDP hooks run) with ``logits_to_keep`` empty. ``input_ids`` and
+    ``position_ids`` are ``[1, S]`` long; the splits of a packed row are kept apart as
+    :func:`disc_ray.model_check.packed_attention` says (restarting positions, or an explicit block mask).
     """
     no_logits = torch.zeros(0, dtype=torch.long, device=input_ids.device)
     with sdpa_without_cudnn():
         out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                    output_hidden_states=True, logits_to_keep=no_logits)
+                    output_hidden_states=True, logits_to_keep=no_logits, **packed_attention_kwargs(model, position_ids))
     return out.hidden_states[-1][0]
-
-
-def output_head_weight(model) -> torch.Tensor:
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError("output heads with a bias are not supported by the chunked loss")
-    return head.weight
-
-
-def final_logit_softcap(model) -> float | None:
-    """Gemma-style models cap their logits; the chunked loss must apply the same cap."""
-    return getattr(model.config, "final_logit_softcapping", None) or None
 
 
 @dataclass
@@ -291,16 +302,17 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
     teacher_hidden = teacher_weight = None
     if cfg.needs_teacher:
         teacher_hidden = compute_teacher_hidden(teacher, batch)
-        teacher_weight = output_head_weight(teacher).detach()
+        teacher_weight = output_head(teacher).weight.detach()
     if cfg.name == "disc":
         scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.temperature)
     elif cfg.name == "ft":
         scales = dict(ce_scale=1.0, kl_scale=0.0, temperature=1.0)
     else:
         scales = dict(ce_scale=1.0, kl_scale=cfg.ft_kl_beta, temperature=cfg.ft_kl_temperature)
+    head = output_head(student)
     loss_sum, stats = chunked_linear_divergence(
-        student_hidden, output_head_weight(student), teacher_hidden, teacher_weight, batch.target_ids,
-        batch.row_weights.to(student_hidden.device), chunk_size=cfg.chunk_size, softcap=final_logit_softcap(student), **scales,
+        student_hidden, head.weight, teacher_hidden, teacher_weight, batch.target_ids, batch.row_weights.to(student_hidden.device),
+        chunk_size=cfg.chunk_size, softcap=head.softcap, logit_scale=head.logit_scale, **scales,
     )
     ce_sum, kl_sum = stats.tolist()
     return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,

@@ -58,12 +58,19 @@ EXPORT_MARKER = "disc_ray_export.json"
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of a Hugging Face causal LM (``model.model.layers`` for Llama/Qwen/Mistral/Gemma)."""
-    base = getattr(model, model.base_model_prefix, model)
-    layers = getattr(base, "layers", None) or getattr(base, "h", None)
-    if layers is None:
-        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
-    return list(layers)
+    """The transformer blocks of a Hugging Face causal LM, whatever the architecture puts them under.
+
+    The ``nn.ModuleList`` whose blocks' class is one of ``model._no_split_modules`` (``model.layers`` for
+    Llama/Qwen/Gemma, ``model.decoder.layers`` for OPT, ``transformer.h`` for GPT-2/Falcon,
+    ``gpt_neox.layers``), else the longest ``ModuleList`` of blocks of one class. Raises ``ValueError``
+    when the model has none."""
+    no_split = set(getattr(model, "_no_split_modules", None) or [])
+    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+                  and len({type(block) for block in m}) == 1]
+    named = [m for m in candidates if type(m[0]).__name__ in no_split]
+    if named or candidates:
+        return list(max(named or candidates, key=len))
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
 
 
 def shard_model(model: torch.nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> torch.nn.Module:
@@ -306,9 +313,12 @@ def launch(cfg: AdaptConfig, log=print) -> dict:
     """Validate, build the data pipeline, train on Ray, export. Returns a summary dict (also in run.json)."""
     from disc_ray.data import build_training_dataset
     from disc_ray.export import write_run_manifest
+    from disc_ray.model_check import check_model_source
     from disc_ray.models import resolve_model_source
 
     model_source = resolve_model_source(cfg.model.name_or_path, cfg.model.cache_dir)  # fails fast, converts once
+    # The exact loss, or one error line before anything starts (ModelCheckError is a ValueError).
+    log(f"[disc-ray] model check: {check_model_source(model_source, trust_remote_code=cfg.model.trust_remote_code).format()}")
     ensure_ray(cfg)
     storage = cfg.run.resolved_storage_path()
     if cfg.data.output_dir is None and "://" not in storage:  # processed rows + rejects live with the run

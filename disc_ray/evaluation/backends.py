@@ -20,7 +20,7 @@ import torch
 
 from disc_ray.evaluation.config import BackendUnavailableError, EvalConfig, EvalInputError, VLLMSettings
 from disc_ray.evaluation.data import check_tokenizer_files
-from disc_ray.evaluation.prompts import Prompt, encode_pair, encode_prompt
+from disc_ray.evaluation.prompts import Prompt, context_window, encode_pair, encode_prompt, fit_pair_to_window
 from disc_ray.models import sdpa_without_cudnn
 
 VLLM_INSTALL_HINT = "pip install 'disc-ray[vllm]' (needs Linux and an NVIDIA GPU)"
@@ -189,13 +189,18 @@ class HFBackend:
 
     @torch.no_grad()
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], *, desc: str | None = None) -> list[float]:
-        from disc_ray.objectives import chunked_linear_divergence, final_logit_softcap, output_head_weight
+        """Contexts longer than the model's window lose tokens from the left; a continuation that does not fit
+        with one context token raises :class:`EvalInputError`. The model is probed first
+        (:func:`disc_ray.model_check.check_model`): a :class:`ModelCheckError` if its scores would not be exact."""
+        from disc_ray.model_check import check_model
+        from disc_ray.objectives import chunked_linear_divergence, output_head
 
-        encoded = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
-        keep = self._max_prompt_tokens(0)
-        encoded = [((ctx + cont)[-keep:], len(cont)) for ctx, cont in encoded]
-        weight = output_head_weight(self.model).detach()
-        softcap = final_logit_softcap(self.model)
+        check_model(self.model, self.tokenizer)
+        window = context_window(self.model)
+        encoded = [fit_pair_to_window(*encode_pair(self.tokenizer, context, continuation), window) for context, continuation in pairs]
+        encoded = [(ctx + cont, len(cont)) for ctx, cont in encoded]
+        head = output_head(self.model)
+        weight = head.weight.detach()
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
         results = [0.0] * len(encoded)
         no_logits = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -221,7 +226,8 @@ class HFBackend:
                     targets = torch.tensor(ids[first:], dtype=torch.long, device=self.device)
                     _, stats = chunked_linear_divergence(rows_hidden, weight, None, None, targets,
                                                          torch.ones(cont_len, device=self.device),
-                                                         ce_scale=1.0, kl_scale=0.0, softcap=softcap)
+                                                         ce_scale=1.0, kl_scale=0.0, softcap=head.softcap,
+                                                         logit_scale=head.logit_scale)
                     results[i] = -float(stats[0])
                 bar.update(len(rows))
         return results
@@ -271,6 +277,11 @@ class VLLMBackend:
         except (OSError, ValueError):
             pass
         self.stop_ids = stop_token_ids(self.tokenizer, generation_config)
+        self.window = settings.max_model_len
+        if self.window is None:
+            from transformers import AutoConfig
+
+            self.window = context_window(AutoConfig.from_pretrained(self.source))
 
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
                  seed: int = 0, desc: str | None = None) -> list[list[str]]:
@@ -294,7 +305,8 @@ class VLLMBackend:
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], *, desc: str | None = None) -> list[float]:
         from vllm import SamplingParams
 
-        encoded = [encode_pair(self.tokenizer, context, continuation) for context, continuation in pairs]
+        encoded = [fit_pair_to_window(*encode_pair(self.tokenizer, context, continuation), self.window)
+                   for context, continuation in pairs]
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         outputs = self.llm.generate([{"prompt_token_ids": ctx + cont} for ctx, cont in encoded], params,
                                     use_tqdm=self.progress)

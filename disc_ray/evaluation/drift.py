@@ -26,7 +26,7 @@ import torch
 
 from disc_ray.evaluation.config import SUITE_VERSIONS, EvalConfig
 from disc_ray.evaluation.data import load_prompts, seeded_subset
-from disc_ray.evaluation.prompts import encode_pair
+from disc_ray.evaluation.prompts import context_window, encode_pair, fit_pair_to_window
 from disc_ray.evaluation.suite import SuiteResult
 
 DRIFT_PROMPTS = (
@@ -139,16 +139,19 @@ class DriftBatch:
     num_sequences: int
 
 
-def build_drift_batches(tokenizer, records: Iterable[dict], max_tokens_per_batch: int = 2048) -> list[DriftBatch]:
+def build_drift_batches(tokenizer, records: Iterable[dict], max_tokens_per_batch: int = 2048,
+                        window: int | None = None) -> list[DriftBatch]:
     """Tokenize ``{"prompt", "response"}`` records (chat template on the prompt) and pack them.
 
     Responses with no tokens are skipped. A sequence longer than ``max_tokens_per_batch`` gets a batch alone.
+    ``window``: the model's context window; a longer prompt loses tokens from the left so the response is
+    scored in full, and a response that does not fit with one prompt token raises ``EvalInputError``.
     """
     sequences = []
     for record in records:
         context, response = encode_pair(tokenizer, [{"role": "user", "content": record["prompt"]}], record["response"])
         if response:
-            sequences.append((context, response))
+            sequences.append(fit_pair_to_window(context, response, window))
     if not sequences:
         raise ValueError("drift: no response tokens to score (every reference response is empty)")
     batches, current = [], []
@@ -178,7 +181,7 @@ def compute_drift(original_model, adapted_model, tokenized_batches: Iterable[Dri
     """``{"drift_kl", "drift_nll", "drift_tokens"}``: mean per-token KL(original || adapted) and the adapted
     model's mean NLL (nats) over the batches' scored tokens. No generation; both models must share the
     vocabulary. Models are put in eval mode for the call and restored to their previous mode after."""
-    from disc_ray.objectives import chunked_linear_divergence, final_logit_softcap, last_hidden_states, output_head_weight
+    from disc_ray.objectives import chunked_linear_divergence, last_hidden_states, output_head
 
     if original_model.config.vocab_size != adapted_model.config.vocab_size:
         raise ValueError("drift: the original and adapted models have different vocabularies")
@@ -188,9 +191,11 @@ def compute_drift(original_model, adapted_model, tokenized_batches: Iterable[Dri
     try:
         device = next(adapted_model.parameters()).device
         original_device = next(original_model.parameters()).device
-        adapted_weight = output_head_weight(adapted_model).detach()
-        original_weight = output_head_weight(original_model).detach().to(device)
-        softcap = final_logit_softcap(adapted_model)
+        adapted_head, original_head = output_head(adapted_model), output_head(original_model)
+        if (adapted_head.logit_scale, adapted_head.softcap) != (original_head.logit_scale, original_head.softcap):
+            raise ValueError("drift: the original and adapted models transform their logits differently")
+        adapted_weight = adapted_head.weight.detach()
+        original_weight = original_head.weight.detach().to(device)
         nll_sum = kl_sum = 0.0
         tokens = 0
         for batch in tokenized_batches:
@@ -203,7 +208,7 @@ def compute_drift(original_model, adapted_model, tokenized_batches: Iterable[Dri
             _, stats = chunked_linear_divergence(adapted_hidden.detach(), adapted_weight, original_hidden, original_weight,
                                                  batch.target_ids.to(device), torch.ones(rows, device=device),
                                                  ce_scale=1.0, kl_scale=1.0, temperature=1.0, chunk_size=chunk_size,
-                                                 softcap=softcap)
+                                                 softcap=adapted_head.softcap, logit_scale=adapted_head.logit_scale)
             nll_sum += float(stats[0])
             kl_sum += float(stats[1])
             tokens += rows
@@ -230,7 +235,12 @@ def run_drift_suite(adapted_model, tokenizer, original: str, cfg: EvalConfig, *,
 
         original_model, _ = load_model_and_tokenizer(original, dtype=next(adapted_model.parameters()).dtype,
                                                      device=next(adapted_model.parameters()).device, cache_dir=cfg.cache_dir)
-    drift = compute_drift(original_model, adapted_model, build_drift_batches(tokenizer, records))
+    from disc_ray.model_check import check_model
+
+    check_model(adapted_model, tokenizer)  # exact scores, or a ModelCheckError naming what is wrong
+    check_model(original_model, tokenizer)
+    batches = build_drift_batches(tokenizer, records, window=context_window(adapted_model))
+    drift = compute_drift(original_model, adapted_model, batches)
     metrics = dict(kl=drift["drift_kl"], nll=drift["drift_nll"], n=len(records), tokens=drift["drift_tokens"],
                    version=SUITE_VERSIONS["drift"], original=str(original), unit="nats/token",
                    max_new_tokens=cfg.drift_max_new_tokens, references=str(cache_path))

@@ -49,6 +49,30 @@ def encode_pair(tokenizer, context: Prompt, continuation: str) -> tuple[list[int
     return context_ids, whole_ids[len(context_ids):]
 
 
+def fit_pair_to_window(context_ids: Sequence[int], continuation_ids: Sequence[int], window: int | None) -> tuple[list[int], list[int]]:
+    """``(context_ids, continuation_ids)`` cut to fit a ``window``-token model: the context loses tokens from the
+    left, the continuation is always scored in full, and at least one context token precedes it (the first
+    continuation token must be predicted from something).
+
+    Raises :class:`~disc_ray.evaluation.config.EvalInputError` when the context is empty or the continuation
+    alone leaves no room for a context token."""
+    from disc_ray.evaluation.config import EvalInputError
+
+    if not context_ids:
+        raise EvalInputError("log-likelihood scoring needs at least one context token before the continuation; got an empty context")
+    if window is not None and len(continuation_ids) + 1 > window:
+        raise EvalInputError(f"a continuation of {len(continuation_ids)} tokens does not fit the model's {window}-token "
+                             "context window with at least one context token; shorten it or use a longer-context model")
+    keep = len(context_ids) if window is None else window - len(continuation_ids)
+    return list(context_ids[-keep:]), list(continuation_ids)
+
+
+def context_window(model_or_config) -> int | None:
+    """The most positions a model (or its config) takes: ``max_position_embeddings`` (GPT-2: ``n_positions``), or None."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 # --------------------------------------------------------------------------- multiple choice
 
 
