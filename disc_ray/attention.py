@@ -25,6 +25,12 @@ import torch
 import torch.nn.functional as F
 
 PACKED_SDPA = "disc_packed_sdpa"
+# Architectures (config.model_type) loaded with this path by default: each passes ``position_ids`` to its
+# attention function and is checked by tests/test_architectures.py (packed DiSC == the per-split reference)
+# and by the probe (disc_ray.model_check) on the user's own model. Others keep ``sdpa`` / ``eager``.
+PACKED_SDPA_ARCHITECTURES = frozenset({
+    "llama", "qwen2", "qwen3", "mistral", "gemma3_text", "phi3", "olmo2", "granite", "cohere", "opt", "gpt2", "gpt_neox",
+})
 
 
 def segment_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -51,9 +57,11 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     position_ids = kwargs.get("position_ids")
-    packed = (attention_mask is None and position_ids is not None and query.shape[0] == 1
-              and query.shape[2] == key.shape[2] == position_ids.shape[-1] and query.shape[2] > 1
+    packed = (attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
               and getattr(module, "is_causal", True) and is_causal is not False)
+    if packed and (position_ids is None or position_ids.shape[-1] != query.shape[2]):
+        raise ValueError(f"{PACKED_SDPA}: {type(module).__name__} does not pass position_ids to its attention, so "
+                         "packed sequences cannot be told apart; load the model with sdpa attention")
     if not packed:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)

@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from disc_ray.attention import PACKED_SDPA
 from disc_ray.models import ModelLoadError
 
 # Architectures (config.model_type) whose forward isolates packed splits when position ids restart at 0:
@@ -37,8 +38,8 @@ POSITION_ID_PACKING = frozenset({
     "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "olmo2", "granite", "cohere",
     "gpt2", "gpt_neox", "falcon",
 })
-# Attention implementations that take an explicit 4D mask.
-BLOCK_MASK_ATTENTION = ("sdpa", "eager")
+# Attention implementations that take an explicit 4D mask (disc_packed_sdpa hands a mask on to sdpa).
+BLOCK_MASK_ATTENTION = ("sdpa", "eager", PACKED_SDPA)
 PROBE_TEXT = (
     "The committee met on Tuesday to review the annual budget. Several members asked for more detail on the "
     "travel costs. The chair agreed to publish a breakdown by region before the next meeting. In the meantime, "
@@ -111,8 +112,12 @@ def output_head(model) -> OutputHead:
 
 
 def packed_attention(model) -> str:
-    """How packed splits are kept apart: ``position_ids`` (restarting at 0 per split is enough) for the
-    architectures in :data:`POSITION_ID_PACKING`, else ``block_mask`` (an explicit 4D block-diagonal causal mask)."""
+    """How packed splits are kept apart: ``position_ids`` for a model loaded with ``disc_packed_sdpa`` (one causal
+    SDPA per split, found from the restarting positions) and for the architectures in :data:`POSITION_ID_PACKING`
+    (transformers builds a block-diagonal mask from restarting positions), else ``block_mask`` (an explicit 4D
+    block-diagonal causal mask)."""
+    if model.config._attn_implementation == PACKED_SDPA:
+        return "position_ids"
     return "position_ids" if getattr(model.config, "model_type", None) in POSITION_ID_PACKING else "block_mask"
 
 
@@ -125,7 +130,7 @@ def block_causal_mask(position_ids: torch.Tensor, attn_implementation: str) -> t
     same_segment = segment.unsqueeze(-1) == segment.unsqueeze(-2)
     causal = torch.ones(position_ids.shape[-1], position_ids.shape[-1], dtype=torch.bool, device=position_ids.device).tril()
     allowed = (same_segment & causal).unsqueeze(1)
-    if attn_implementation == "sdpa":
+    if attn_implementation in ("sdpa", PACKED_SDPA):
         return allowed
     return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
 

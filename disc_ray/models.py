@@ -175,8 +175,9 @@ def load_model_and_tokenizer(
 ):
     """Load a causal LM and its tokenizer. ``trust_remote_code`` stays off unless the caller turns it on.
 
-    ``attn_implementation=None`` chooses per model (:func:`choose_attn_implementation`): ``sdpa`` where the
-    architecture supports it, else ``eager`` (Gemma 2: SDPA cannot soft-cap attention scores)."""
+    ``attn_implementation=None`` chooses per model (:func:`choose_attn_implementation`): ``disc_packed_sdpa``
+    for the architectures tested with it, else ``sdpa`` where the architecture supports it, else ``eager``
+    (Gemma 2: SDPA cannot soft-cap attention scores)."""
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_source(name_or_path, cache_dir)
@@ -194,12 +195,16 @@ def load_model_and_tokenizer(
 
 
 def choose_attn_implementation(config_or_source, *, trust_remote_code: bool = False) -> str | None:
-    """``sdpa`` when the model class of this config (or folder / hub id) supports it, else ``eager``; None
-    (transformers' own default) for a class transformers does not ship (remote code).
+    """The attention implementation to load a model with: ``disc_packed_sdpa`` (:mod:`disc_ray.attention`:
+    causal SDPA per packed split, no dense mask) for the architectures tested with it, else ``sdpa`` when the
+    model class of this config (or folder / hub id) supports it, else ``eager`` (Gemma 2: SDPA cannot
+    soft-cap attention scores); None (transformers' own default) for a class transformers does not ship.
 
-    Both take the explicit block-diagonal mask that packs splits for architectures where restarting
-    position ids is not enough (:mod:`disc_ray.model_check`); flash-attention kernels do not."""
+    ``sdpa`` and ``eager`` take the explicit block-diagonal mask that packs splits for architectures where
+    restarting position ids is not enough (:mod:`disc_ray.model_check`); flash-attention kernels do not."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from disc_ray.attention import PACKED_SDPA_ARCHITECTURES, register_packed_attention
 
     config = config_or_source
     if isinstance(config_or_source, (str, Path)):
@@ -207,7 +212,10 @@ def choose_attn_implementation(config_or_source, *, trust_remote_code: bool = Fa
     mapping = AutoModelForCausalLM._model_mapping
     if type(config) not in mapping:
         return None
-    return "sdpa" if getattr(mapping[type(config)], "_supports_sdpa", False) else "eager"
+    model_class = mapping[type(config)]
+    if getattr(config, "model_type", None) in PACKED_SDPA_ARCHITECTURES and getattr(model_class, "_supports_attention_backend", False):
+        return register_packed_attention()
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def build_tiny_model(
@@ -242,5 +250,5 @@ def build_tiny_model(
     config.dtype = dtype
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=choose_attn_implementation(config))
     return model, tokenizer

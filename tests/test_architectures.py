@@ -149,7 +149,7 @@ def test_probe_refuses_the_head_without_its_known_transform(model_type, tmp_path
 
 @pytest.mark.core
 def test_probe_refuses_attention_that_leaks_across_packed_splits(tmp_path, tokenizer, monkeypatch):
-    model, _ = load_model_and_tokenizer(str(save_tiny("llama", tmp_path / "m", tokenizer)))
+    model, _ = load_model_and_tokenizer(str(save_tiny("llama", tmp_path / "m", tokenizer)), attn_implementation="sdpa")
     # Forget that llama isolates splits by position ids, and hand it a mask that lets every token see every
     # earlier token of the row (what OPT does with restarting position ids): the probe must see the leak.
     import disc_ray.model_check as model_check
@@ -163,13 +163,18 @@ def test_probe_refuses_attention_that_leaks_across_packed_splits(tmp_path, token
 
 @pytest.mark.core
 def test_opt_restarting_positions_leak_and_the_block_mask_isolates(tmp_path, tokenizer, monkeypatch):
-    """The reason OPT is packed with an explicit mask: without it, the probe refuses it."""
+    """The reason OPT under sdpa is packed with an explicit mask: without it, the probe refuses it. By default
+    OPT loads with disc_packed_sdpa, which isolates the splits by their restarting positions."""
     import disc_ray.model_check as model_check
 
-    model, _ = load_model_and_tokenizer(str(save_tiny("opt", tmp_path / "opt", tokenizer)))
+    folder = str(save_tiny("opt", tmp_path / "opt", tokenizer))
+    model, _ = load_model_and_tokenizer(folder)
+    assert model.config._attn_implementation == "disc_packed_sdpa" and packed_attention(model) == "position_ids"
+    assert check_model(model, tokenizer).isolation_rel_error < 1e-5
+    model, _ = load_model_and_tokenizer(folder, attn_implementation="sdpa")
     assert packed_attention(model) == "block_mask"
     assert check_model(model, tokenizer).isolation_rel_error < 1e-5
-    model, _ = load_model_and_tokenizer(str(tmp_path / "opt"))
+    model, _ = load_model_and_tokenizer(folder, attn_implementation="sdpa")
     monkeypatch.setattr(model_check, "POSITION_ID_PACKING", model_check.POSITION_ID_PACKING | {"opt"})
     with pytest.raises(ModelCheckError, match=r"OPTForCausalLM \(opt\): a split in a packed row"):
         check_model(model, tokenizer)

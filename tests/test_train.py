@@ -65,17 +65,21 @@ def test_two_fsdp_workers_match_one_process_and_export_reloads(local_ray, tmp_pa
 
 
 def kill_a_worker_once_checkpointed(run_dir, gate, killed):
-    """Once Ray has registered a checkpoint of the run, SIGKILL one training worker process, then open the gate."""
+    """Once Ray has registered a checkpoint of the run, SIGKILL one of its training worker processes, then open the gate."""
     deadline = time.time() + 300
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     try:
         while time.time() < deadline and not killed:
             if snapshot.exists() and "checkpoint_0000" in snapshot.read_text():
-                for process in psutil.process_iter(["cmdline"]):
-                    if "RayTrainWorker" in " ".join(process.info["cmdline"] or []):
-                        process.kill()
-                        killed.append(process.pid)
-                        break
+                # only this test's own cluster: its Ray processes descend from this pytest process
+                for process in psutil.Process().children(recursive=True):
+                    try:
+                        if "RayTrainWorker" in " ".join(process.cmdline()):
+                            process.kill()
+                            killed.append(process.pid)
+                            break
+                    except psutil.Error:  # a process that ended meanwhile
+                        continue
             time.sleep(0.02)
     finally:
         gate.touch()
