@@ -22,6 +22,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="adapt", description="Adapt a model to a corpus with DiSC on Ray. Any config key is an option: --train.lr 1e-5.")
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own INFO lines (worker start-up, dataset plans, training reports) on the console")
     return parser.parse_known_args(argv)
 
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = with_run_data_dir(with_synthetic_corpus(cfg))
         from disc_ray.train import launch
 
-        launch(cfg)
+        launch(cfg, verbose=args.verbose)
     except (*USAGE_ERRORS, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -37,7 +38,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -49,6 +50,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
+from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
 from disc_ray.loop import build_lr_scheduler, build_optimizer, build_teacher, format_progress, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
 from disc_ray.splits import batch_to_examples
@@ -271,6 +273,8 @@ def report_step(worker: Worker, metrics: dict, with_checkpoint: bool) -> None:
             checkpoint = Checkpoint.from_directory(tmp)
         name = f"checkpoint_{worker.app.loop['step']:06d}" if checkpoint else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+    if checkpoint is not None and worker.rank == 0:
+        print(f"[disc-ray] checkpoint {name} saved (step {worker.app.loop['step']})", flush=True)
 
 
 def run_training_loop(worker: Worker, cfg: AdaptConfig, total_steps: int, run_dir: str | None) -> None:
@@ -332,6 +336,8 @@ def train_loop_per_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if is_exported(checkpoint):
         return
+    if not config.get("verbose", True):
+        quiet_train_worker()
     worker = set_up_worker(cfg, config["model_source"], config["total_steps"])
     restore_worker(worker, checkpoint)
     run_training_loop(worker, cfg, config["total_steps"], config["run_dir"])
@@ -341,26 +347,28 @@ def train_loop_per_worker(config: dict) -> None:
 # --------------------------------------------------------------------------- the driver
 
 
-def ensure_ray(cfg: AdaptConfig) -> None:
+def ensure_ray(cfg: AdaptConfig, verbose: bool = True) -> None:
     """Connect to a cluster (``run.ray_address`` or ``RAY_ADDRESS``, as set by ``ray job submit``) or start a
     local one. A local cluster gets enough logical CPUs for the training workers AND the Ray Data tasks
     that feed them (otherwise streaming data would wait forever for a CPU), and its dashboard listens
     on ``run.dashboard_host`` (localhost unless configured)."""
     needed = cfg.workers.num_workers * cfg.workers.cpus_per_worker + (cfg.data.concurrency or 1) * cfg.data.num_cpus_per_worker
-    init_ray(cfg.run.ray_address, needed, cfg.run.dashboard_host)
+    init_ray(cfg.run.ray_address, needed, cfg.run.dashboard_host, logging_level=ray_logging_level(verbose))
 
 
-def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_cpus: int | None = None,
+             logging_level: int = logging.INFO) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if set, else start a local cluster with ``num_cpus`` logical CPUs
     (default: the machine's cores, at least ``cpus_needed``) and its dashboard on ``dashboard_host``.
-    No-op when Ray is already initialised."""
+    ``logging_level`` is the driver's ``ray`` logger level. No-op when Ray is already initialised."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=logging_level)
         return
-    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed)), dashboard_host=dashboard_host)
+    ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed)), dashboard_host=dashboard_host,
+             logging_level=logging_level)
 
 
 def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:
@@ -371,16 +379,19 @@ def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else steps
 
 
-def build_trainer(cfg: AdaptConfig, dataset, total_steps: int, model_source: str, callbacks=()) -> TorchTrainer:
+def build_trainer(cfg: AdaptConfig, dataset, total_steps: int, model_source: str, callbacks=(),
+                  verbose: bool = True) -> TorchTrainer:
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` on ``cfg.workers`` over ``dataset`` (rows of
-    ``splits.example_to_row``); ``callbacks`` are Ray Train callbacks (a sweep trial's Tune report callback)."""
+    ``splits.example_to_row``); ``callbacks`` are Ray Train callbacks (a sweep trial's Tune report callback);
+    ``verbose=False`` keeps Ray Train's INFO lines off the console (see ``disc_ray/console.py``)."""
     storage = cfg.run.resolved_storage_path()
     run_dir = None if "://" in storage else str(Path(storage) / cfg.run.name)
     scaling = ScalingConfig(num_workers=cfg.workers.num_workers, use_gpu=cfg.workers.use_gpu,
                             resources_per_worker=cfg.workers.resources_per_worker())
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps, "model_source": model_source, "run_dir": run_dir},
+        train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps, "model_source": model_source, "run_dir": run_dir,
+                           "verbose": verbose},
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.workers.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -389,6 +400,7 @@ def build_trainer(cfg: AdaptConfig, dataset, total_steps: int, model_source: str
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.num_checkpoints_to_keep + 1),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level=train_log_level(verbose)),
         ),
         datasets={"train": dataset},
     )
@@ -400,13 +412,15 @@ def log_line(message: str) -> None:
 
 
 def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), run_info: dict | None = None,
-           log=log_line) -> dict:
+           log=log_line, verbose: bool = False) -> dict:
     """The one training driver: data pipeline -> step plan -> ``TorchTrainer.fit`` -> copy of the export to
     ``run.output_dir`` -> its ``run.json``. ``jobs/adapt.py`` and every sweep trial call it.
 
     ``model_source``: the model as a local directory (resolved from ``cfg.model`` when None, converting once);
     ``callbacks``: Ray Train callbacks for the run; ``run_info``: extra keys for ``run.json``; ``log``: where
-    the driver's lines go (without the ``[disc-ray]`` prefix). Connects to (or starts) Ray when not initialised.
+    the driver's lines go (without the ``[disc-ray]`` prefix); ``verbose``: Ray's own INFO lines on the console too
+    (by default they go only to Ray's log files, see ``disc_ray/console.py``). Connects to (or starts) Ray when
+    not initialised.
 
     Returns the run summary (also ``run.json``): config, data counts, final metrics, total_steps, paths.
     Raises ValueError when the data cannot feed the workers, and the run's error when training failed.
@@ -416,7 +430,8 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
     from disc_ray.models import resolve_model_source
 
     model_source = model_source or resolve_model_source(cfg.model.name_or_path, cfg.model.cache_dir)  # fails fast
-    ensure_ray(cfg)
+    configure_console(verbose)
+    ensure_ray(cfg, verbose)
     dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
                                              tokenizer=model_source)
     log(f"data: {report.format()}")
@@ -427,7 +442,7 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
     total_steps = plan_total_steps(report.examples, cfg)
     log(f"training {cfg.objective.name} on {cfg.workers.num_workers} worker(s) for {total_steps} steps; "
         f"run '{cfg.run.name}' in {cfg.run.resolved_storage_path()}")
-    result = build_trainer(cfg, dataset, total_steps, model_source, callbacks).fit()
+    result = build_trainer(cfg, dataset, total_steps, model_source, callbacks, verbose).fit()
     if result.error:
         raise result.error
     output_dir = Path(cfg.run.resolved_output_dir())
