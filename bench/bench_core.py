@@ -43,11 +43,11 @@ def load_passages(n: int) -> list[str]:
 
 def load_examples(args) -> list:
     """DocumentExamples with k=5 ``sentence_boundary`` splits: from ``--examples`` rows, else prepared here."""
-    from disc_ray.splits import SplitConfig, prepare_document, row_to_example
+    from disc_ray.splits import ROW_COLUMNS, SplitConfig, batch_to_examples, prepare_document
 
     if args.examples:
-        rows = [json.loads(line) for line in Path(args.examples).read_text().splitlines() if line.strip()]
-        return [row_to_example(row) for row in rows[: args.documents]]
+        rows = [json.loads(line) for line in Path(args.examples).read_text().splitlines() if line.strip()][: args.documents]
+        return batch_to_examples({name: [row[name] for row in rows] for name in ROW_COLUMNS})
     from disc_ray.models import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)

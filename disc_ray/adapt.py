@@ -22,6 +22,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="adapt", description="Adapt a model to a corpus with DiSC on Ray. Any config key is an option: --train.lr 1e-5.")
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own INFO lines (worker start-up, dataset plans, training reports) on the console")
     return parser.parse_known_args(argv)
 
 
@@ -50,6 +52,15 @@ def with_synthetic_corpus(cfg: AdaptConfig) -> AdaptConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(paths["documents"]), format="jsonl", text_field="text"))
 
 
+def with_run_data_dir(cfg: AdaptConfig) -> AdaptConfig:
+    """Processed rows and rejects live with the run (``<storage>/<run.name>/data``) unless ``data.output_dir`` says
+    otherwise or the storage is remote."""
+    storage = cfg.run.resolved_storage_path()
+    if cfg.data.output_dir is not None or "://" in storage:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, output_dir=str(Path(storage) / cfg.run.name / "data")))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(list(sys.argv[1:] if argv is None else argv))
     from disc_ray.models import ModelLoadError
@@ -60,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             dump_config(cfg, "/dev/stdout")
             return 0
         check_inputs(cfg)
-        cfg = with_synthetic_corpus(cfg)
+        cfg = with_run_data_dir(with_synthetic_corpus(cfg))
         from disc_ray.train import launch
 
-        launch(cfg)
+        launch(cfg, verbose=args.verbose)
     except (*USAGE_ERRORS, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from disc_ray.config import ModelConfig, TrainConfig
+from disc_ray.config import TrainConfig
 from disc_ray.objectives import ObjectiveConfig, PackedBatch, compute_loss, pack_batch
 from disc_ray.splits import DocumentExample, DocumentSkipped, SplitConfig, prepare_document
 
@@ -66,7 +66,8 @@ def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, sc
     ``normalizer`` is the step's global document (or token) count; under data parallelism the caller
     all-reduces it so every rank divides by the same number.
     """
-    normalizer = normalizer or normalizer_of(micro_batches, obj_cfg)
+    if normalizer is None:
+        normalizer = normalizer_of(micro_batches, obj_cfg)
     loss = ce_sum = kl_sum = 0.0
     for batch in micro_batches:
         out = compute_loss(student, teacher, batch, obj_cfg, normalizer)
@@ -184,12 +185,3 @@ def format_progress(metrics: dict[str, float], total_steps: int) -> str:
     parts += [f"grad_norm {metrics['grad_norm']:.3f}", f"lr {metrics['lr']:.2e}",
               f"docs {int(metrics['documents_seen'])}", f"{metrics.get('tokens_per_s', 0):.0f} tok/s"]
     return "[disc-ray] " + " | ".join(parts)
-
-
-def load_and_adapt(model_cfg: ModelConfig, documents: Iterable, **kwargs) -> AdaptResult:
-    """Load the model named by ``model_cfg`` and run :func:`run_adaptation` on it."""
-    from disc_ray.models import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(model_cfg.name_or_path, dtype=model_cfg.dtype,
-                                                trust_remote_code=model_cfg.trust_remote_code, cache_dir=model_cfg.cache_dir)
-    return run_adaptation(model, tokenizer, documents, **kwargs)

@@ -179,7 +179,22 @@ class ChunkedLinearDivergence(torch.autograd.Function):
     Projects ``[chunk, hidden]`` rows to the vocabulary at a time, and computes the gradients for the
     student's hidden states and head weight in the same pass (the chunk's logits are freed before the
     next chunk), so peak memory is O(chunk x vocab) instead of O(rows x vocab).
-    Returns ``(loss, stats)``; ``stats = [sum w*CE, sum w*T^2*KL]`` (no gradient).
+
+    ``forward`` arguments (N scored rows, H hidden size, V vocabulary):
+
+    * ``student_hidden``: ``[N, H]`` float (fp32, or bf16 under mixed precision), the student's final hidden
+      states at the scored positions; gets a gradient.
+    * ``student_weight``: ``[V, H]`` same dtype, the student's output head weight, full (not a shard: under FSDP2
+      the root module's parameters are still unsharded after its forward); gets a gradient (accumulated in fp32).
+    * ``teacher_hidden``: ``[N, H]`` and ``teacher_weight``: ``[V, H]``, the teacher's (no gradient).
+    * ``target_ids``: ``[N]`` long, the next token each row predicts (used by the CE term).
+    * ``row_weights``: ``[N]`` float32, each row's weight in the sum (``PackedBatch.row_weights``).
+    * ``ce_scale``, ``kl_scale``: float weights of the two terms (0 skips a term); ``temperature``: T > 0;
+      ``chunk_size``: rows per chunk; ``softcap``: Gemma-style final logit cap or None.
+
+    Logits, softmax and KL are computed in fp32 whatever the input dtype.
+    Returns ``(loss, stats)``: ``loss`` a 0-dim fp32 tensor (the weighted SUM, not divided by any count);
+    ``stats`` ``[2]`` fp32 ``[sum w*CE, sum w*T^2*KL]`` (no gradient).
     """
 
     @staticmethod
@@ -246,7 +261,13 @@ def chunked_linear_divergence(student_hidden, student_weight, teacher_hidden, te
                               ce_scale=0.0, kl_scale=1.0, temperature=1.0, chunk_size=256, softcap=None, logit_scale=1.0):
     """Functional entry to :class:`ChunkedLinearDivergence`; returns ``(loss_sum, stats)``.
 
-    ``student_hidden`` ``[N, hidden]``, ``student_weight`` ``[vocab, hidden]``; ``teacher_hidden=None``: no KL term."""
+    ``student_hidden``: ``[N, H]`` float (gets a gradient); ``student_weight``: ``[V, H]`` same dtype (gets a
+    gradient); ``teacher_hidden`` / ``teacher_weight``: ``[N, H]`` / ``[V, H]`` or None for CE only (then the
+    KL term is off); ``target_ids``: ``[N]`` long; ``row_weights``: ``[N]`` float32. ``loss_sum``: 0-dim fp32,
+    the weighted sum over rows (the caller divides by the step's global count); ``stats``: ``[2]`` fp32
+    ``[sum w*CE, sum w*T^2*KL]``, without gradient. Logits are ``softcap(logit_scale * hidden @ weight.T)``
+    (:class:`disc_ray.model_check.OutputHead`).
+    """
     if teacher_hidden is None:
         teacher_hidden, teacher_weight, kl_scale = student_hidden.detach(), student_weight.detach(), 0.0
     loss, stats = ChunkedLinearDivergence.apply(student_hidden, student_weight, teacher_hidden, teacher_weight,
@@ -323,9 +344,13 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
 
 
 def reference_disc_loss(student, teacher, examples: list[DocumentExample], temperature: float = 2.0) -> torch.Tensor:
-    """DiSC as the public reference code computes it: per split, one teacher pass over prefix+split and one
-    student pass over the split alone, full logits, ``kl_div(batchmean) * T^2``; mean over splits, then
-    over documents. 2k forward passes per document: use only to check the packed implementation."""
+    """DiSC (Distillation via Split Contexts, arXiv 2602.16093, Eq. 3) as the paper's released code computes it:
+    ``disc_loss`` in ``src/disc/objectives.py`` of github.com/shankarp8/distillation-retains-capabilities
+    (commit 591331d251880789f943a313101d857e9b3da9ee). Per split, one teacher pass over prefix+split and one
+    student pass over the split alone, full logits, ``kl_div(batchmean) * T^2`` over the split's tokens 2..L;
+    mean over the document's splits, then over documents (the released code runs the teacher under bf16
+    autocast on GPU; this one in the models' own dtype). 2k forward passes per document: use only to check the
+    packed implementation. Returns a 0-dim tensor with gradient to the student's parameters."""
     device = next(student.parameters()).device
     per_document = []
     for example in examples:

@@ -299,17 +299,23 @@ def example_to_row(example: DocumentExample) -> dict:
     }
 
 
-def row_to_example(row) -> DocumentExample:
-    """Inverse of :func:`example_to_row` (accepts lists or numpy arrays)."""
-    starts, ends = row["split_starts"], row["split_ends"]
-    return DocumentExample(
-        input_ids=[int(t) for t in row["input_ids"]],
-        sentence_spans=[],
-        split_spans=[(int(s), int(e)) for s, e in zip(starts, ends)],
-        num_special_prefix=int(row["num_special_prefix"]),
-    )
+def batch_to_examples(batch) -> list[DocumentExample]:
+    """Rows of :func:`example_to_row` -> DocumentExamples (the one converter in that direction).
 
-
-def batch_to_examples(batch: dict) -> list[DocumentExample]:
-    """A columnar batch (``iter_batches(batch_format="numpy")``) -> DocumentExamples."""
-    return [row_to_example({column: batch[column][i] for column in ROW_COLUMNS}) for i in range(len(batch["input_ids"]))]
+    ``batch`` is columnar, indexed by column name: a dict of numpy arrays or lists (``iter_batches(batch_format=
+    "numpy")``, or ``{column: [row[column] for row in rows]}``), a pyarrow Table or a pandas DataFrame. Only the
+    :data:`ROW_COLUMNS` are read; ``sentence_spans`` are not stored in rows and come back empty.
+    """
+    columns = {}
+    for name in ROW_COLUMNS:
+        column = batch[name]
+        columns[name] = column.to_pylist() if hasattr(column, "to_pylist") else list(column)  # pyarrow, or numpy/list/pandas
+    return [
+        DocumentExample(
+            input_ids=[int(t) for t in ids],
+            sentence_spans=[],
+            split_spans=[(int(s), int(e)) for s, e in zip(starts, ends)],
+            num_special_prefix=int(prefix),
+        )
+        for ids, starts, ends, prefix in zip(*(columns[name] for name in ROW_COLUMNS))
+    ]

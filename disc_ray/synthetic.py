@@ -14,13 +14,16 @@ sentences) or ``"single"`` (in exactly one sentence). The generator checks both 
 the document's length, on every document it emits and redraws the document if one fails.
 
 Sentences are plain English ending with a period and contain no abbreviations with periods, so a
-sentence splitter (blingfire) cuts exactly where the templates do.
+sentence splitter (blingfire) cuts exactly where the templates do. The sentence templates, fillers,
+questions and word lists live in ``synthetic_templates.json`` next to this module (package data);
+this module invents the values and assembles the documents.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -62,19 +65,12 @@ class SyntheticDocument:
 # Invented names and numbers
 # ---------------------------------------------------------------------------------------------
 
-_ONSETS = ("b", "br", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "tr", "v",
-           "z", "th")
-_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ei")
-_INNER_CODAS = ("", "", "", "", "n", "r", "l", "s")  # keeps consonant clusters short
-_FINAL_CODAS = ("", "n", "r", "l", "s", "th", "nd", "rk", "x")
-_FIRST_NAMES = ("Amara", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines",
-                "Jonas", "Keiko", "Lars", "Maren", "Nikos", "Olga", "Pavel", "Rosa", "Sanjay",
-                "Tomas", "Ulla", "Vera", "Wim", "Yara", "Zofia", "Anders", "Beatriz", "Cyril",
-                "Dagny", "Emil", "Freya", "Ilse", "Joost", "Lena", "Mateo", "Nadia", "Oskar",
-                "Priya", "Rafael", "Sigrid", "Teodor")
-_SURNAME_ENDINGS = ("", "", "ek", "sen", "berg", "ini", "ard", "ova")
-_PLACE_ENDINGS = ("", "", "holm", "vale", "mark", "stad", "wick", "ford", "mere", "by")
-
+# The sentence templates and word lists are data: disc_ray/synthetic_templates.json (package data).
+_TEMPLATE_DATA = json.loads(resources.files("disc_ray").joinpath("synthetic_templates.json").read_text(encoding="utf-8"))
+_NAMES = {key: tuple(values) for key, values in _TEMPLATE_DATA["names"].items()}
+_ONSETS, _VOWELS = _NAMES["onsets"], _NAMES["vowels"]
+_INNER_CODAS, _FINAL_CODAS = _NAMES["inner_codas"], _NAMES["final_codas"]  # inner codas keep consonant clusters short
+_FIRST_NAMES, _SURNAME_ENDINGS, _PLACE_ENDINGS = _NAMES["first_names"], _NAMES["surname_endings"], _NAMES["place_endings"]
 
 def _attach(root: str, ending: str) -> str:
     """Joins a root and an ending without a run of vowels ("Tera" + "ia" -> "Teria")."""
@@ -207,52 +203,6 @@ def _news_acquisition_values(m: _Maker) -> dict[str, _Value]:
     }
 
 
-_NEWS_ACQUISITION = _Template(
-    name="news_acquisition", genre="news", entity_type="organisation",
-    make_values=_news_acquisition_values,
-    sentences=(
-        ("{name}, a maker of {product} based in {city}, has agreed to buy its smaller rival "
-         "{target} for {price}.",
-         "The {city} company {name} said on Monday that it will acquire {target}, a fellow maker "
-         "of {product}, in a deal worth {price}."),
-        ("{target} was founded in {founded} and has grown steadily since then.",
-         "Founded in {founded}, {target} has long been one of the better known names in the "
-         "trade."),
-        ("{target} employs {staff}, most of them in engineering and production.",
-         "According to its latest annual report, {target} employs {staff}."),
-        ("Chief executive {ceo} said the combined group would be able to invest far more in "
-         "research.",
-         "{ceo}, the chief executive of {name}, described the purchase as a natural next step."),
-        ("{name} already runs {plants} in Europe and Asia, and the deal would add two more.",
-         "The buyer currently operates {plants}, and the takeover would add two more sites."),
-        ("The deal still needs the approval of the shareholders of {target}.",
-         "Shareholders of {target} will vote on the offer later this year."),
-        ("Competition regulators in {city} are expected to review the agreement before it closes.",
-         "Officials in {city} welcomed the news, saying the deal should protect local jobs."),
-        ("In summary, {name} of {city} plans to pay {price} for {target}.",
-         "If approved, the purchase of {target} for {price} would be the largest deal in the "
-         "history of {name}."),
-    ),
-    fillers=(
-        "Neither company disclosed further financial details of the agreement.",
-        "Analysts said the move reflected a wider wave of consolidation in the industry.",
-        "Trade unions said they would seek assurances that no sites would close.",
-        "Shares in several rival firms rose modestly after the announcement.",
-    ),
-    restated={
-        "target": "Which company did {name} agree to acquire?",
-        "city": "In which city is {name} based?",
-        "price": "How much is {name} paying for its acquisition?",
-    },
-    single={
-        "ceo": "Who is the chief executive of {name}?",
-        "staff": "How many people does the company that {name} is acquiring employ?",
-        "founded": "In which year was the company that {name} is acquiring founded?",
-        "plants": "How many factories does {name} currently operate?",
-    },
-)
-
-
 def _news_appointment_values(m: _Maker) -> dict[str, _Value]:
     name = m.unique(m.person)
     return {
@@ -263,51 +213,6 @@ def _news_appointment_values(m: _Maker) -> dict[str, _Value]:
         "budget": m.number(12, 240, "{} million euros"),
         "staff": m.number(40, 900, "{} researchers"),
     }
-
-
-_NEWS_APPOINTMENT = _Template(
-    name="news_appointment", genre="news", entity_type="person",
-    make_values=_news_appointment_values,
-    sentences=(
-        ("{name} has been appointed director of the {institute} in {city}, the institute "
-         "announced on Tuesday.",
-         "The {institute} in {city} has named {name} as its new director."),
-        ("{surname} succeeds {predecessor}, who is retiring after more than a decade in the post.",
-         "{surname} takes over from {predecessor}, who led the institute for eleven years."),
-        ("Before the appointment, {surname} ran a research group at the {university}.",
-         "{surname} previously headed a laboratory at the {university}."),
-        ("{surname} is best known for leading the {project}, a long-running study of coastal "
-         "sediments.",
-         "Within the field, {surname} is known mainly as the founder of the {project}, which "
-         "tracks changes in coastal sediments."),
-        ("The institute employs {staff} and has an annual budget of {budget}.",
-         "With {staff} and a yearly budget of {budget}, the institute is among the largest of "
-         "its kind."),
-        ("Colleagues in {city} said the choice had been widely expected.",
-         "Researchers in {city} welcomed the decision."),
-        ("{surname} will take up the post at the {institute} next month and plans to expand the "
-         "{project}.",
-         "In summary, the {institute} has chosen {name}, the scientist behind the {project}, as "
-         "its next director."),
-    ),
-    fillers=(
-        "The selection committee interviewed candidates from several countries.",
-        "The new director is expected to set out a research strategy within the first year.",
-        "Funding agencies have pressed the institute to share more of its data openly.",
-        "Staff representatives said they looked forward to working with the new leadership.",
-    ),
-    restated={
-        "institute": "Which institute has appointed {name} as its director?",
-        "city": "In which city is the institute that appointed {name} located?",
-        "project": "Which project is {name} best known for?",
-    },
-    single={
-        "predecessor": "Whom does {name} succeed as director?",
-        "university": "Where did {name} work before the appointment?",
-        "budget": "What is the annual budget of the institute that {name} will lead?",
-        "staff": "How many researchers does the institute that {name} will lead employ?",
-    },
-)
 
 
 def _news_bridge_values(m: _Maker) -> dict[str, _Value]:
@@ -321,54 +226,6 @@ def _news_bridge_values(m: _Maker) -> dict[str, _Value]:
     }
 
 
-_NEWS_BRIDGE = _Template(
-    name="news_bridge", genre="news", entity_type="place",
-    make_values=_news_bridge_values,
-    sentences=(
-        ("A new road bridge across the {river} opened in {name} on Saturday after four years of "
-         "construction.",
-         "After four years of work, {name} on Saturday opened a new road bridge over the {river}."),
-        ("The crossing was built by {firm} at a cost of {cost}.",
-         "Construction firm {firm} completed the crossing for {cost}."),
-        ("At {length} long, it is the longest road bridge in the region.",
-         "The bridge is {length} long and carries two lanes in each direction."),
-        ("Chief engineer {engineer} said the design had to withstand strong spring floods on the "
-         "{river}.",
-         "According to chief engineer {engineer}, the piers were built to resist the spring floods "
-         "of the {river}."),
-        ("Planners expect around {vehicles} to use the bridge every day.",
-         "Traffic models suggest that about {vehicles} will cross it each day."),
-        ("The bridge replaces a ferry service that had carried passengers from {name} since "
-         "{ferry_year}.",
-         "Until now, residents relied on a ferry that had operated since {ferry_year}."),
-        ("{firm} also built the new water treatment plant of the town.",
-         "It is the second major project in the town for {firm}, which also built its water "
-         "treatment plant."),
-        ("Local officials said the bridge, which cost {cost}, would shorten journeys across the "
-         "{river} for thousands of residents.",
-         "In summary, the crossing built by {firm} for {cost} now links both banks of the {river} "
-         "at {name}."),
-    ),
-    fillers=(
-        "Hundreds of people walked across the deck before it opened to traffic.",
-        "Shop owners in the old centre hope the bridge will bring more visitors.",
-        "Work on new cycle paths leading to the bridge will continue until the autumn.",
-        "The old ferry landing is to be turned into a small public park.",
-    ),
-    restated={
-        "river": "Which river does the new bridge in {name} cross?",
-        "firm": "Which company built the new bridge in {name}?",
-        "cost": "How much did the new bridge in {name} cost?",
-    },
-    single={
-        "length": "How long is the new bridge in {name}?",
-        "engineer": "Who was the chief engineer of the new bridge in {name}?",
-        "ferry_year": "Since which year had a ferry operated at {name} before the bridge opened?",
-        "vehicles": "How many vehicles are expected to use the new bridge in {name} each day?",
-    },
-)
-
-
 def _encyclopedia_town_values(m: _Maker) -> dict[str, _Value]:
     landmark_kinds = ("Tower", "Abbey", "Gate", "Hall")
     return {
@@ -380,51 +237,6 @@ def _encyclopedia_town_values(m: _Maker) -> dict[str, _Value]:
         "industry": m.choice(("timber, dairy farming and tourism", "glassmaking and fishing",
                               "wine growing and light engineering", "textiles and trade")),
     }
-
-
-_ENCYCLOPEDIA_TOWN = _Template(
-    name="encyclopedia_town", genre="encyclopedia", entity_type="place",
-    make_values=_encyclopedia_town_values,
-    sentences=(
-        ("{name} is a market town in the {region} region, on the east bank of the {river}.",
-         "{name} is a town in the {region} region that grew up on the banks of the {river}."),
-        ("The town has a population of {population}, according to the most recent census.",
-         "At the most recent census, {name} had a population of {population}."),
-        ("The settlement was first recorded in {founded} as a crossing point for salt traders.",
-         "Records first mention {name} in {founded}, when it was a small crossing point for salt "
-         "traders."),
-        ("Its best known landmark is the {landmark}, which was completed in the eighteenth "
-         "century.",
-         "The town is best known for the {landmark}, an eighteenth-century building on the old "
-         "market square."),
-        ("The local economy is based on {industry}.", "Most residents work in {industry}."),
-        ("Since the late twentieth century {name} has been twinned with {twin}.",
-         "{name} has a long-standing twinning partnership with {twin}."),
-        ("Visitors to the {landmark} can climb to a gallery overlooking the rooftops.",
-         "The {landmark} is open to visitors throughout the summer."),
-        ("{name} is the largest town in {region} after the regional capital.",
-         "Within {region}, only the regional capital is larger than {name}."),
-        ("Today its {population} inhabitants make {name} one of the busiest communities in "
-         "{region}.",
-         "In summary, {name} is a town of {population} people in {region}, known above all for "
-         "the {landmark}."),
-    ),
-    fillers=(
-        "The old town centre is protected as a conservation area.",
-        "A weekly market has been held on the main square for several centuries.",
-        "The town is served by a regional railway line and two bus routes.",
-    ),
-    restated={
-        "region": "In which region is {name} located?",
-        "population": "What is the population of {name}?",
-        "landmark": "What is the best known landmark of {name}?",
-    },
-    single={
-        "founded": "In which year was {name} first recorded?",
-        "river": "On which river does {name} lie?",
-        "twin": "With which town is {name} twinned?",
-    },
-)
 
 
 _ARTIST_PROFILES = (  # (profession with its article, kind of work, endings of work titles)
@@ -448,48 +260,6 @@ def _encyclopedia_person_values(m: _Maker) -> dict[str, _Value]:
     }
 
 
-_ENCYCLOPEDIA_PERSON = _Template(
-    name="encyclopedia_person", genre="encyclopedia", entity_type="person",
-    make_values=_encyclopedia_person_values,
-    sentences=(
-        ("{name} is {profession} from {birthplace}, best known for the {kind} {work}.",
-         "Born in {birthplace}, {name} is {profession} whose reputation rests largely on the "
-         "{kind} {work}."),
-        ("{surname} was born in {born} and later studied at the {university}.",
-         "Born in {born}, {surname} trained at the {university}."),
-        ("While studying, {surname} worked closely with {mentor}, who became a lifelong mentor.",
-         "At university, {surname} was taught by {mentor}, an influential figure of the previous "
-         "generation."),
-        ("{work} was first unveiled in {birthplace} and soon attracted attention abroad.",
-         "The public unveiling of {work} took place in {birthplace}."),
-        ("Over a long career {surname} has completed {works}.",
-         "The catalogue of {surname} now lists {works}."),
-        ("In recognition of this output, {surname} received the {award}.",
-         "{surname} was later awarded the {award}, the highest honour in the field."),
-        ("The citation for the {award} singled out {work} as a landmark of its time.",
-         "In summary, {name} of {birthplace} is remembered chiefly for {work} and for winning "
-         "the {award}."),
-    ),
-    fillers=(
-        "Critics have described the style as restrained but deeply personal.",
-        "Several younger artists cite {surname} as an early influence.",
-        "A retrospective exhibition toured three cities in the following decade.",
-        "Much of the private correspondence has since been donated to a public archive.",
-    ),
-    restated={
-        "birthplace": "Where is {name} from?",
-        "work": "For which work is {name} best known?",
-        "award": "Which award did {name} receive?",
-    },
-    single={
-        "born": "In which year was {name} born?",
-        "university": "Where did {name} study?",
-        "mentor": "Who was the mentor of {name}?",
-        "works": "How many works has {name} completed?",
-    },
-)
-
-
 def _encyclopedia_species_values(m: _Maker) -> dict[str, _Value]:
     plant = m.rng.choice(("sedge", "willow", "heather", "rush"))
     return {
@@ -500,50 +270,6 @@ def _encyclopedia_species_values(m: _Maker) -> dict[str, _Value]:
         "altitude": m.number(600, 3200, "{:,} metres", step=10),
         "clutch": m.number(12, 180, "{} eggs"),
     }
-
-
-_ENCYCLOPEDIA_SPECIES = _Template(
-    name="encyclopedia_species", genre="encyclopedia", entity_type="species",
-    make_values=_encyclopedia_species_values,
-    sentences=(
-        ("{name} is a species of {group} found only in the {range}.",
-         "The {group} {name} is endemic to the {range}."),
-        ("It was first described by the naturalist {discoverer} in {described}.",
-         "The species was formally described in {described} by {discoverer}."),
-        ("Adults reach a length of about {length}, which makes it one of the larger members of "
-         "its genus.",
-         "Fully grown adults measure about {length} from head to tip."),
-        ("The larvae feed almost exclusively on the {host}.",
-         "Its larvae depend on the {host} as their only food plant."),
-        ("Populations occur at altitudes of up to {altitude}.",
-         "The species has been recorded at altitudes of up to {altitude}."),
-        ("Females lay clutches of around {clutch} on the underside of leaves.",
-         "Each female lays around {clutch} in a single season."),
-        ("Because it depends on the {host}, the species is threatened by the drainage of wetlands "
-         "in the {range}.",
-         "Drainage of the wetlands where the {host} grows is the main threat to the species."),
-        ("With a length of about {length}, {name} is easily recognised among the insects of the "
-         "{range}.",
-         "In summary, {name} is a {group} of the {range} that measures about {length} and feeds "
-         "on the {host}."),
-    ),
-    fillers=(
-        "Adults are active mainly at dusk during the warmer months.",
-        "The species is listed as vulnerable by the regional conservation authority.",
-        "Little is known about its behaviour during the winter.",
-    ),
-    restated={
-        "range": "Where is {name} found?",
-        "length": "How long are adults of {name}?",
-        "host": "On which plant do the larvae of {name} feed?",
-    },
-    single={
-        "discoverer": "Who first described {name}?",
-        "described": "In which year was {name} first described?",
-        "altitude": "Up to what altitude has {name} been recorded?",
-        "clutch": "About how many eggs does a female of {name} lay?",
-    },
-)
 
 
 def _abstract_compound_values(m: _Maker) -> dict[str, _Value]:
@@ -557,53 +283,6 @@ def _abstract_compound_values(m: _Maker) -> dict[str, _Value]:
     }
 
 
-_ABSTRACT_COMPOUND = _Template(
-    name="abstract_compound", genre="abstract", entity_type="compound",
-    make_values=_abstract_compound_values,
-    sentences=(
-        ("We report the synthesis of {name}, a selective inhibitor of the enzyme {enzyme}.",
-         "Inhibitors of the enzyme {enzyme} are of interest for treating chronic inflammation, "
-         "and here we describe a new one, {name}."),
-        ("We prepared {name} from {precursor} in {steps} with an overall yield of "
-         "{overall_yield}.",
-         "Starting from {precursor}, the synthesis required {steps} and gave the product in an "
-         "overall yield of {overall_yield}."),
-        ("In enzyme assays, {name} inhibited {enzyme} with a half-maximal inhibitory "
-         "concentration of {ic50}.",
-         "Against purified {enzyme}, {name} showed a half-maximal inhibitory concentration of "
-         "{ic50}."),
-        ("Closely related enzymes were inhibited at least fiftyfold more weakly.",
-         "Selectivity over closely related enzymes exceeded fiftyfold."),
-        ("The compound is a colourless crystalline solid that melts at {melting}.",
-         "Purified {name} forms colourless crystals with a melting point of {melting}."),
-        ("In plasma stability tests, the half-life of {name} was {half_life}.",
-         "The compound remained stable in plasma, with a measured half-life of {half_life}."),
-        ("In summary, {name} inhibits {enzyme} at {ic50}, and the {overall_yield} overall yield "
-         "makes the route suitable for scale-up.",
-         "These results establish {name} as a potent inhibitor of {enzyme}, active at {ic50} and "
-         "accessible in {overall_yield} overall yield."),
-    ),
-    fillers=(
-        "All intermediates were characterised by nuclear magnetic resonance and mass "
-        "spectrometry.",
-        "Docking calculations suggest that the inhibitor occupies the active site of the enzyme.",
-        "No toxicity was observed in cultured liver cells at the concentrations tested.",
-        "The route avoids toxic heavy-metal catalysts.",
-    ),
-    restated={
-        "enzyme": "Which enzyme does {name} inhibit?",
-        "ic50": "What is the half-maximal inhibitory concentration of {name}?",
-        "overall_yield": "What is the overall yield of the synthesis of {name}?",
-    },
-    single={
-        "precursor": "From which starting material is {name} prepared?",
-        "steps": "How many steps does the synthesis of {name} require?",
-        "melting": "At what temperature does {name} melt?",
-        "half_life": "What is the plasma half-life of {name}?",
-    },
-)
-
-
 def _abstract_field_study_values(m: _Maker) -> dict[str, _Value]:
     start = m.year(1994, 2010)
     predator_kind = m.rng.choice(("marten", "stoat", "weasel"))
@@ -615,50 +294,6 @@ def _abstract_field_study_values(m: _Maker) -> dict[str, _Value]:
         "predator": m.unique(lambda: f"{m.word()} {predator_kind}"),
         "team": m.unique(lambda: f"{m.word()} Conservation Trust"),
     }
-
-
-_ABSTRACT_FIELD_STUDY = _Template(
-    name="abstract_field_study", genre="abstract", entity_type="species",
-    make_values=_abstract_field_study_values,
-    sentences=(
-        ("Populations of {name}, a ground-nesting bird endemic to the island of {island}, have "
-         "declined sharply in recent decades.",
-         "{name} is a ground-nesting bird found only on the island of {island}, where its numbers "
-         "have fallen sharply."),
-        ("We surveyed {sites} across {island} between {start} and {end}.",
-         "Between {start} and {end} we monitored {sites} distributed across {island}."),
-        ("Over this period the number of breeding pairs fell by {decline}.",
-         "Breeding pairs declined by {decline} during the study."),
-        ("In total we located and followed {nests}.",
-         "Field teams found and monitored {nests} over the study period."),
-        ("Nest cameras showed that most losses were caused by the {predator}, an introduced "
-         "mammal.",
-         "Camera traps identified the introduced {predator} as the main nest predator."),
-        ("Nests protected by fencing were far less likely to be raided by the {predator}.",
-         "Fenced nests were rarely visited by the {predator}."),
-        ("Fieldwork was coordinated by the {team}.", "The {team} coordinated all fieldwork."),
-        ("These results indicate that the {decline} decline on {island} is driven largely by "
-         "predation from the {predator}.",
-         "In summary, predation by the {predator} explains most of the {decline} fall in breeding "
-         "pairs on {island}."),
-    ),
-    fillers=(
-        "Weather conditions during the breeding season had little effect on nest survival.",
-        "Habitat quality at the study sites remained broadly stable.",
-        "Nest success did not differ between coastal and inland sites.",
-    ),
-    restated={
-        "island": "On which island is {name} found?",
-        "decline": "By how much did breeding pairs of {name} decline during the study?",
-        "predator": "Which predator caused most nest losses of {name}?",
-    },
-    single={
-        "sites": "How many sites were surveyed in the study of {name}?",
-        "start": "In which year did the survey of {name} begin?",
-        "nests": "How many nests of {name} were monitored?",
-        "team": "Which organisation coordinated the fieldwork on {name}?",
-    },
-)
 
 
 _DEVICE_USES = (  # (how it is worn, what it detects)
@@ -680,54 +315,27 @@ def _abstract_device_values(m: _Maker) -> dict[str, _Value]:
     }
 
 
-_ABSTRACT_DEVICE = _Template(
-    name="abstract_device", genre="abstract", entity_type="device",
-    make_values=_abstract_device_values,
-    sentences=(
-        ("We present {name}, a {wear} sensor that detects {condition} while drawing only "
-         "{power}.",
-         "Continuous screening for {condition} is limited by battery life, so we designed {name}, "
-         "a {wear} sensor that draws only {power}."),
-        ("The device weighs {weight} and runs for {battery} on a single charge.",
-         "{name} weighs {weight}, and one charge lasts {battery}."),
-        ("We evaluated {name} in a study of {participants} at {hospital}.",
-         "A clinical evaluation enrolled {participants} at {hospital}."),
-        ("Compared with clinical recordings, it identified {condition} with an accuracy of "
-         "{accuracy}.",
-         "Against reference recordings, {name} reached an accuracy of {accuracy}."),
-        ("Signals are sampled at {rate} and processed on the device itself.",
-         "The sensor samples at {rate} and performs all processing on the device."),
-        ("Clinicians at {hospital} reported that the alerts were easy to interpret.",
-         "Staff at {hospital} found the alerts easy to interpret."),
-        ("In summary, {name} reaches {accuracy} accuracy at {power}, which makes long-term "
-         "monitoring practical.",
-         "With an accuracy of {accuracy} and a power draw of {power}, {name} is suited to "
-         "monitoring at home over many weeks."),
-    ),
-    fillers=(
-        "No participant reported skin irritation during the study.",
-        "Most false alarms occurred during vigorous physical activity.",
-        "The firmware and the analysis code are available to other research groups.",
-        "The housing is sealed against sweat and rain.",
-    ),
-    restated={
-        "power": "How much power does {name} draw?",
-        "accuracy": "What accuracy did {name} reach against reference recordings?",
-        "hospital": "At which hospital was {name} evaluated?",
-    },
-    single={
-        "weight": "How much does {name} weigh?",
-        "battery": "How long does {name} run on a single charge?",
-        "participants": "How many participants took part in the evaluation of {name}?",
-        "rate": "At what rate does {name} sample its signals?",
-    },
-)
+_VALUE_MAKERS: dict[str, Callable[[_Maker], dict[str, _Value]]] = {
+    "news_acquisition": _news_acquisition_values, "news_appointment": _news_appointment_values,
+    "news_bridge": _news_bridge_values, "encyclopedia_town": _encyclopedia_town_values,
+    "encyclopedia_person": _encyclopedia_person_values, "encyclopedia_species": _encyclopedia_species_values,
+    "abstract_compound": _abstract_compound_values, "abstract_field_study": _abstract_field_study_values,
+    "abstract_device": _abstract_device_values,
+}
 
-TEMPLATES: tuple[_Template, ...] = (
-    _NEWS_ACQUISITION, _NEWS_APPOINTMENT, _NEWS_BRIDGE,
-    _ENCYCLOPEDIA_TOWN, _ENCYCLOPEDIA_PERSON, _ENCYCLOPEDIA_SPECIES,
-    _ABSTRACT_COMPOUND, _ABSTRACT_FIELD_STUDY, _ABSTRACT_DEVICE,
-)
+
+def _build_templates(data: dict) -> tuple[_Template, ...]:
+    """The templates of ``synthetic_templates.json`` in file order (the order is part of the seeded schedule),
+    each joined with the function that invents its values. Raises KeyError for a template without one."""
+    return tuple(
+        _Template(name=t["name"], genre=t["genre"], entity_type=t["entity_type"], make_values=_VALUE_MAKERS[t["name"]],
+                  sentences=tuple(tuple(variants) for variants in t["sentences"]), fillers=tuple(t["fillers"]),
+                  restated=dict(t["restated"]), single=dict(t["single"]))
+        for t in data["templates"]
+    )
+
+
+TEMPLATES: tuple[_Template, ...] = _build_templates(_TEMPLATE_DATA)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def test_log_likelihood_scoring_refuses_an_unsupported_model(tmp_path, tokenizer
         HFBackend(model, tokenizer, progress=False).loglikelihood([("Question: 2+2?", " 4")])
 
 
-@pytest.mark.core
+@pytest.mark.ray
 def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenizer):
     """Phi-2's biased output head cannot be applied by the chunked projection: `jobs/adapt.py` ends with one error line."""
     from test_jobs import run_job

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,23 @@ def test_driver_restart_with_the_same_run_name_continues_from_the_last_checkpoin
     export_state = json.loads((run_dir / "export" / "run.json").read_text())["train_state"]
     (resumed_from,) = export_state["resumed_from_steps"]
     assert resumed_from >= 3 and resumed_from % 3 == 0 and state["step"] == 20
+
+
+RAY_LOG_LINE = re.compile(r"\b(INFO|DEBUG)\b\s+\S+\.py:\d+ --")  # Ray's own log format: "<time> INFO worker.py:2029 -- ..."
+
+
+@pytest.mark.ray
+def test_console_shows_each_progress_line_once_and_no_ray_info(tmp_path, tiny_model_dir, bioasq_passages):
+    corpus = bioasq_corpus(tmp_path, 8, bioasq_passages)
+    result = run_job("--model", str(tiny_model_dir), "--data.path", str(corpus), "--data.text_field", "meta.context",
+                     "--run.name", "console", "--run.storage_path", str(tmp_path / "runs"),
+                     "--train.log_every_n_steps", "1", "--run.checkpoint_every_n_steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = (result.stdout + result.stderr).splitlines()
+    for step in range(1, 5):  # 8 documents / 2 workers x batch 1: 4 steps, a progress line each
+        lines = [line for line in console if f"[disc-ray] step {step}/4 |" in line]
+        assert len(lines) == 1, (step, lines)
+    assert sum("[disc-ray] checkpoint checkpoint_000002 saved" in line for line in console) == 1
+    assert sum(line.startswith("[disc-ray] data: ") for line in console) == 1
+    assert sum(line.startswith("[disc-ray] done: step 4") for line in console) == 1
+    assert not [line for line in console if "TrainingReport(" in line or RAY_LOG_LINE.search(line)], console

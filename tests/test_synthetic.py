@@ -1,6 +1,7 @@
 """The built-in synthetic corpus: determinism, probe validity, and the restated/single contract."""
 
 import collections
+import hashlib
 import json
 from pathlib import Path
 
@@ -40,6 +41,33 @@ def test_same_seed_gives_identical_rows_and_bytes(tmp_path):
     again = write_corpus(tmp_path / "b", num_documents=20, seed=5)
     for key in ("documents", "probes"):
         assert first[key].read_bytes() == again[key].read_bytes()
+
+
+# sha256 of documents.jsonl + probes.jsonl written by write_corpus, recorded before the templates moved from
+# synthetic.py to synthetic_templates.json (issue 18): the move changed no byte. A deliberate change to a
+# template changes these; update them in the same commit and say why.
+CORPUS_SHA256 = {(64, 0): "91d01b07fcc982a829d9a44b43ec4777108be303dc0a70a4df278a971100cfbf",
+                 (200, 7): "25f63d9c4e9bf91064eb747ed150792ef5f8371cb1893fb0a33dcc8bb073a98c"}
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("num_documents,seed", sorted(CORPUS_SHA256))
+def test_generated_corpus_for_a_fixed_seed_is_unchanged(tmp_path, num_documents, seed):
+    paths = write_corpus(tmp_path, num_documents=num_documents, seed=seed)
+    digest = hashlib.sha256(paths["documents"].read_bytes() + paths["probes"].read_bytes()).hexdigest()
+    assert digest == CORPUS_SHA256[(num_documents, seed)]
+
+
+@pytest.mark.core
+def test_templates_come_from_the_package_data_file():
+    from importlib import resources
+
+    from disc_ray.synthetic import TEMPLATES
+
+    data = json.loads(resources.files("disc_ray").joinpath("synthetic_templates.json").read_text(encoding="utf-8"))
+    assert [t["name"] for t in data["templates"]] == [t.name for t in TEMPLATES] and len(TEMPLATES) == 9
+    first_round = generate_corpus(len(TEMPLATES), seed=0)  # one shuffled round: every template once
+    assert sorted(doc.entity_type for doc in first_round) == sorted(t["entity_type"] for t in data["templates"])
 
 
 def test_different_seeds_give_different_documents():

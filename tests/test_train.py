@@ -11,12 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from disc_ray.config import AdaptConfig, TrainConfig, load_config
-from disc_ray.loop import run_adaptation
+from disc_ray.loop import build_lr_scheduler, build_optimizer, run_adaptation
 from disc_ray.models import build_tiny_model
 from disc_ray.splits import SplitConfig, example_to_row, prepare_document
-from disc_ray.train import build_trainer
-
-pytestmark = pytest.mark.ray  # every test here starts a Ray cluster or a job subprocess
+from disc_ray.train import INITIAL_TRAIN_STATE, AppState, build_trainer, load_training_checkpoint, save_training_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +40,7 @@ def read_metrics(tmp_path, name):
     return [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.ray
 def test_two_fsdp_workers_match_one_process_and_export_reloads(local_ray, tmp_path, tiny_dir, tokenizer, bioasq_passages):
     texts = bioasq_passages[:4]
     rows = [example_to_row(prepare_document(t, tokenizer, SplitConfig())[0]) for t in texts]
@@ -98,6 +97,7 @@ def gated_rows(rows, gate, first_gated):
     return ray.data.from_items(indexed, override_num_blocks=len(indexed)).map(hold)
 
 
+@pytest.mark.ray
 def test_killed_worker_resumes_from_checkpoint_without_repeating_steps(local_ray, tmp_path, tiny_dir, tokenizer, bioasq_passages):
     rows = [example_to_row(e) for t in bioasq_passages[:32] for e in prepare_document(t, tokenizer, SplitConfig())]
     assert len(rows) == 32
@@ -118,3 +118,36 @@ def test_killed_worker_resumes_from_checkpoint_without_repeating_steps(local_ray
     (resumed_from,) = state["resumed_from_steps"]
     assert 2 <= resumed_from <= 8 and resumed_from % 2 == 0
     assert killed[0] not in {p.pid for p in psutil.process_iter()}
+
+
+def build_app_state(model):
+    train_cfg = TrainConfig(lr=1e-3, warmup_steps=4, lr_schedule="cosine")
+    optimizer = build_optimizer(model, train_cfg)
+    return AppState(model, optimizer, build_lr_scheduler(optimizer, train_cfg, total_steps=10))
+
+
+@pytest.mark.core
+def test_checkpoint_restores_model_optimizer_scheduler_and_reads_loop_state_over_the_initial_one(tmp_path, embedded_dir):
+    saved = build_app_state(build_tiny_model(str(embedded_dir), seed=1)[0])
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    for _ in range(2):  # two AdamW steps: moments and step counts to restore; the scheduler mid-warmup
+        saved.model(input_ids=ids, labels=ids).loss.backward()
+        saved.optimizer.step()
+        saved.scheduler.step()
+        saved.optimizer.zero_grad()
+    # the loop state of an older checkpoint: keys added since (documents_seen, resumed_from_steps) are missing
+    saved.loop = {"step": 2, "epoch": 1, "batches_in_epoch": 3}
+    save_training_checkpoint(tmp_path / "ckpt", saved)
+
+    restored = build_app_state(build_tiny_model(str(embedded_dir), seed=2)[0])
+    loop = load_training_checkpoint(tmp_path / "ckpt", restored)
+    assert loop == {**INITIAL_TRAIN_STATE, "step": 2, "epoch": 1, "batches_in_epoch": 3}
+    assert restored.scheduler.last_epoch == 2 and restored.scheduler.get_last_lr() == saved.scheduler.get_last_lr()
+    for name, param in saved.model.named_parameters():
+        torch.testing.assert_close(dict(restored.model.named_parameters())[name], param, rtol=0, atol=0)
+    saved_state, restored_state = saved.optimizer.state_dict(), restored.optimizer.state_dict()
+    assert restored_state["param_groups"] == saved_state["param_groups"]
+    for index, state in saved_state["state"].items():
+        torch.testing.assert_close(restored_state["state"][index]["exp_avg_sq"], state["exp_avg_sq"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="has no loop state"):
+        load_training_checkpoint(tmp_path, restored)  # not a checkpoint directory

@@ -3,7 +3,7 @@
 :func:`run_trial` runs in the trial's own process (a Tune actor):
 
 1. builds the trial's AdaptConfig (base + sampled values; its Ray Train run is ``<sweep>/runs/trial_<id>``),
-2. runs the data pipeline and fits a ``TorchTrainer`` from :func:`disc_ray.train.build_trainer`, with
+2. trains through :func:`disc_ray.train.launch` (the same driver as ``jobs/adapt.py``), with
    :class:`DriftReportCallback`, Ray Train's ``TuneReportCallback`` extended to measure the drift from
    the original model on every checkpoint the run reports (and on the final export), so every training
    report reaches Tune, the checkpointed ones with ``drift_kl`` / ``drift_nll``, and early stopping can act,
@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 from disc_ray.config import AdaptConfig, to_dict
@@ -70,21 +69,13 @@ def load_checkpoint_model(directory: Path, original):
     (torch distributed checkpoint, loaded into a copy of ``original`` in this single process)."""
     from transformers import AutoModelForCausalLM
 
-    from disc_ray.train import EXPORT_MARKER, TRAIN_STATE_FILE
+    from disc_ray.train import EXPORT_MARKER, is_training_checkpoint, load_checkpoint_weights
 
     if (directory / EXPORT_MARKER).exists() or (directory / "config.json").exists():
         return AutoModelForCausalLM.from_pretrained(directory, dtype=next(original.parameters()).dtype)
-    if not (directory / TRAIN_STATE_FILE).exists():
+    if not is_training_checkpoint(directory):
         return None
-    import torch.distributed.checkpoint as dcp
-
-    adapted = copy.deepcopy(original)
-    state = {"model": adapted.state_dict()}
-    with warnings.catch_warnings():  # "no process group": this is a single-process load on purpose
-        warnings.simplefilter("ignore")
-        dcp.load(state, checkpoint_id=str(directory))
-    adapted.load_state_dict(state["model"])
-    return adapted
+    return load_checkpoint_weights(directory, copy.deepcopy(original))
 
 
 class DriftMeter:
@@ -158,40 +149,26 @@ def _same_config(stored: dict, cfg: AdaptConfig) -> bool:
 
 
 def train_trial(cfg: AdaptConfig, context: TrialContext, callback) -> tuple[Path, dict]:
-    """Data pipeline + ``TorchTrainer.fit`` (with ``callback``) + copy of the export; what ``launch`` does, plus
-    the Tune callback. Returns the exported model directory and the run summary (also its ``run.json``)."""
-    from disc_ray.data import build_training_dataset
-    from disc_ray.export import write_run_manifest
-    from disc_ray.train import build_trainer, plan_total_steps
+    """:func:`disc_ray.train.launch` with the trial's Tune report ``callback``, unless this trial already finished
+    with the same config. Returns the exported model directory and the run summary (also its ``run.json``)."""
+    from disc_ray.train import launch
 
     output_dir = Path(cfg.run.resolved_output_dir())
     manifest = output_dir / "run.json"
+
+    def log(message: str) -> None:
+        print(f"[disc-ray sweep] {cfg.run.name}: {message}", flush=True)
+
     if manifest.exists():
         summary = json.loads(manifest.read_text())
         if _same_config(summary.get("config", {}), cfg) and summary.get("sweep_trial_complete"):
-            print(f"[disc-ray sweep] {cfg.run.name}: already trained, model in {output_dir}", flush=True)
+            log(f"already trained, model in {output_dir}")
             return output_dir, summary
-    dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
-                                             tokenizer=context.model_source)
-    print(f"[disc-ray sweep] {cfg.run.name}: data: {report.format()}", flush=True)
-    if report.examples < cfg.workers.num_workers:
-        raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
-    total_steps = plan_total_steps(report.examples, cfg)
-    trainer = build_trainer(cfg, dataset, total_steps, context.model_source)
-    # build_trainer's RunConfig has no callbacks; this trial's Tune report callback joins its (fresh) list.
-    trainer.run_config.callbacks.append(callback)
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    result.checkpoint.to_directory(str(output_dir))
-    summary = {"config": to_dict(cfg), "data": report.to_dict(), "metrics": result.metrics, "total_steps": total_steps,
-               "checkpoint_path": result.checkpoint.path, "output_dir": str(output_dir), "sweep_trial_complete": True}
-    write_run_manifest(output_dir, summary)
+    summary = launch(cfg, model_source=context.model_source, callbacks=[callback],
+                     run_info={"sweep_trial_complete": True}, log=log)
     if not context.sweep.settings.keep_checkpoints:
-        removed = drop_training_checkpoints(Path(result.checkpoint.path))
-        print(f"[disc-ray sweep] {cfg.run.name}: deleted {len(removed)} training checkpoints (sweep.keep_checkpoints: false)", flush=True)
+        removed = drop_training_checkpoints(Path(summary["checkpoint_path"]))
+        log(f"deleted {len(removed)} training checkpoints (sweep.keep_checkpoints: false)")
     return output_dir, summary
 
 
