@@ -125,6 +125,36 @@ def test_mcq_loglikelihood_picks_the_option_the_model_was_trained_to_prefer(tiny
     assert [r["prediction_ll"] for r in after] == [i.correct_index for i in items]
 
 
+def test_mcq_continuous_scores_by_hand_on_a_tiny_model(tiny_model, tokenizer):
+    """prob_correct and margin from the scorer == a hand computation from full-logit log-likelihoods, and
+    training towards the right options raises prob_correct (the continuous score moves)."""
+    import math
+
+    from disc_ray.evaluation.mcq import summarize_mcq
+
+    items = [MCQItem("Which fruit is yellow?", ("cherry", "a ripe banana", "grape", "plum"), 1),
+             MCQItem("Which planet is red?", ("Mars", "Saturn", "the planet Venus"), 0)]
+
+    def by_hand(item):
+        normalized = [full_logit_loglikelihood(tiny_model, tokenizer, mcq_loglikelihood_context(item), option)
+                      / len(option.encode("utf-8")) for option in item.options]
+        total = sum(math.exp(v) for v in normalized)
+        others = [v for i, v in enumerate(normalized) if i != item.correct_index]
+        return 100 * math.exp(normalized[item.correct_index]) / total, normalized[item.correct_index] - max(others)
+
+    records = score_mcq_loglikelihood(HFBackend(tiny_model, tokenizer, batch_size=3, progress=False), items)
+    for item, record in zip(items, records):
+        expected_p, expected_margin = by_hand(item)
+        assert record["prob_correct"] == pytest.approx(expected_p, abs=1e-3)
+        assert record["margin"] == pytest.approx(expected_margin, abs=1e-4)
+        assert (record["margin"] > 0) == record["correct_ll_norm"]
+    before = summarize_mcq(items, records)
+    assert before["prob_correct"] == pytest.approx(sum(r["prob_correct"] for r in records) / 2)
+    train_on(tiny_model, tokenizer, [(mcq_loglikelihood_context(i), i.options[i.correct_index]) for i in items], steps=10)
+    after = summarize_mcq(items, score_mcq_loglikelihood(HFBackend(tiny_model, tokenizer, progress=False), items))
+    assert after["prob_correct"] > before["prob_correct"] + 5 and after["margin"] > before["margin"]
+
+
 def test_mcq_generation_protocol_on_a_model_trained_to_answer(tiny_model, tokenizer):
     """A model taught to always reply <answer>B</answer>: right where B is correct, wrong elsewhere."""
     items = [MCQItem("Which fruit is yellow?", ("cherry", "banana", "grape"), 1),
