@@ -272,7 +272,12 @@ def test_baseline_can_be_a_previous_eval_json(tmp_path, tiny_dir, student_teache
     base = json.loads((tmp_path / "base_eval" / "eval.json").read_text())
     assert record["baseline"]["model"] == str(tiny_dir) and record["baseline"]["suites"] == base["suites"]
     assert record["suites"]["domain_mcq"]["n"] == 3  # --mcq-limit, not --limit, sets the MCQ subset
-    assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm"}
+    assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm", "prob_correct", "margin"}
+    paired = record["delta_ci"]["domain_mcq"]  # the same 3 questions: paired intervals around the point deltas
+    for metric, delta in record["deltas"]["domain_mcq"].items():
+        assert paired[metric]["n"] == 3 and paired[metric]["delta"] == pytest.approx(delta)
+        assert paired[metric]["ci"][0] <= delta <= paired[metric]["ci"][1]
+    assert record["bootstrap"]["seed"] == 0 and "prob_correct" in record["suites"]["domain_mcq"]["ci"]
     assert record["selection"]["eligible"] is False  # no retained-skill suite was run, so the rule cannot pass it
 
 
