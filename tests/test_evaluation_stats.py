@@ -215,3 +215,32 @@ def test_eval_markdown_shows_intervals_and_paired_deltas():
     assert "+15.00 [+15.00, +15.00] *" in text
     assert "| ifeval | inst_strict | 50.00 [" in text and "+0.00 [+0.00, +0.00] |" in text
     assert "seed 3" in text and "4000 resamples" in text
+
+
+def test_report_with_per_item_values_shows_intervals_and_the_lead(tmp_path):
+    import json
+
+    from disc_ray.evaluation.report import write_report
+
+    rng = np.random.default_rng(4)
+    base = rng.uniform(10, 80, 60)
+    skill = [100.0, 0.0, 100.0] * 20
+    original = _suites(list(base), skill)
+    folders = []
+    for name, gain, noise in (("lr1", 2.0, 1.0), ("lr2", 12.0, 8.0), ("lr3", 11.5, 8.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        record = {"name": name, "model": f"/runs/{name}", "suites": _suites(list(base + gain + rng.normal(0, noise, 60)), skill),
+                  "bootstrap": SETTINGS.as_dict(), "config": {"max_drop": 5.0, "domain_metrics": ["domain_mcq.prob_correct"]},
+                  "baseline": {"model": "/models/original", "suites": original}}
+        (folder / "eval.json").write_text(json.dumps(record))
+        folders.append(folder)
+    result = write_report(folders, tmp_path / "report")
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert result["best"] in ("lr2", "lr3")
+    assert "domain (domain_mcq.prob_correct) [95% CI]" in table and "domain change [paired CI]" in table
+    assert "Lead over the runner-up" in table and "do not separate" in table  # lr2 vs lr3: ~0.5 points apart, noisy
+    assert "(+0.00 [+0.00, +0.00])" in table  # IFEval unchanged, paired change exactly 0
+    lo, hi = original["domain_mcq"]["ci"]["prob_correct"]
+    assert f"{original['domain_mcq']['prob_correct']:.2f} [{lo:.2f}, {hi:.2f}]" in table
+    assert (tmp_path / "report" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
