@@ -244,3 +244,37 @@ def test_report_with_per_item_values_shows_intervals_and_the_lead(tmp_path):
     lo, hi = original["domain_mcq"]["ci"]["prob_correct"]
     assert f"{original['domain_mcq']['prob_correct']:.2f} [{lo:.2f}, {hi:.2f}]" in table
     assert (tmp_path / "report" / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_tables_carry_intervals_and_the_selected_trials_lead(tmp_path):
+    import csv
+
+    from disc_ray.tuning.outputs import write_outputs
+    from disc_ray.tuning.selection import TrialRecord, select_trials
+    from disc_ray.tuning.space import SelectionSpec
+
+    rng = np.random.default_rng(9)
+    base = rng.uniform(10, 80, 80)
+    skill = [100.0, 0.0] * 40
+    metrics = ("domain_mcq.prob_correct",), ("ifeval.inst_strict",)
+    baseline = run_scores("original", _suites(list(base), skill), *metrics)
+    records = []
+    for trial_id, gain, lost in (("a", 10.0, 0), ("b", 3.0, 0), ("c", 30.0, 20)):
+        hurt = list(skill)
+        for i in range(lost):  # c forgets 20 of the 40 followed instructions: -25 points, outside 5
+            hurt[2 * i] = 0.0
+        record = TrialRecord(trial_id, {"train.lr": 1e-4}, "completed", drift_kl=0.01)
+        record.take_scores(run_scores(trial_id, _suites(list(base + gain + rng.normal(0, 1, 80)), hurt), *metrics))
+        records.append(record)
+    selection = select_trials(records, baseline, SelectionSpec(max_drop=5), SETTINGS)
+    assert selection.best == "a" and selection.lead["runner_up"] == "b" and selection.lead["outside"]
+    c = next(r for r in records if r.trial_id == "c")
+    assert c.drop_cis["ifeval.inst_strict"]["delta"] == pytest.approx(25.0) and c.drop_cis["ifeval.inst_strict"]["outside"]
+    write_outputs(tmp_path, selection, baseline, ["train.lr"], "test", 5.0)
+    table = (tmp_path / "trials.md").read_text()
+    assert "Lead over the runner-up b: +" in table and "the items support it" in table
+    low, high = c.drop_cis["ifeval.inst_strict"]["ci"]
+    assert f"(-25.00 [{-high:+.2f}, {-low:+.2f}] *)" in table
+    rows = {row["trial_id"]: row for row in csv.DictReader((tmp_path / "trials.csv").open())}
+    assert float(rows["a"]["domain_ci_low"]) < float(rows["a"]["domain_score"]) < float(rows["a"]["domain_ci_high"])
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"

@@ -54,7 +54,7 @@ class BootstrapSettings:
 DEFAULT_BOOTSTRAP = BootstrapSettings()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ItemValues:
     """One metric's per-item values (and weights, for ratio metrics) with the ids that pair runs."""
 
