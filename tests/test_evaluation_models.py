@@ -205,6 +205,25 @@ def test_drift_packed_equals_one_sequence_per_batch(student_teacher, tokenizer):
     assert a["drift_kl"] == pytest.approx(b["drift_kl"], rel=1e-4) and a["drift_nll"] == pytest.approx(b["drift_nll"], rel=1e-5)
 
 
+def test_drift_suite_per_prompt_values_add_up_to_the_packed_metric(student_teacher, tokenizer, tiny_dir, tmp_path):
+    """The drift suite scores prompt by prompt (for its intervals): its KL / NLL equal compute_drift over the packed
+    batch, and the per-item sums / token weights reproduce them."""
+    from disc_ray.evaluation.drift import run_drift_suite
+    from disc_ray.evaluation.stats import attach_intervals, suite_items
+
+    adapted, original = student_teacher
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), drift_num_prompts=3, drift_max_new_tokens=6, progress=False)
+    result = run_drift_suite(adapted, tokenizer, str(tiny_dir), cfg, original_model=original,
+                             reference_backend=HFBackend(original, tokenizer, progress=False))
+    packed = compute_drift(original, adapted, build_drift_batches(tokenizer, result.samples))
+    metrics = attach_intervals(result.metrics)
+    assert metrics["kl"] == pytest.approx(packed["drift_kl"], rel=1e-4) and metrics["kl"] > 0
+    assert metrics["nll"] == pytest.approx(packed["drift_nll"], rel=1e-5) and metrics["tokens"] == packed["drift_tokens"]
+    kl = suite_items({"drift": metrics}, "drift.kl")
+    assert len(kl) == 3 and kl.weights.sum() == packed["drift_tokens"] and kl.score == pytest.approx(metrics["kl"])
+    assert metrics["ci"]["kl"][0] <= metrics["kl"] <= metrics["ci"]["kl"][1]
+
+
 def test_reference_responses_are_generated_once_and_cached(tiny_dir, tmp_path):
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), progress=False)
     backend = HFBackend.load(str(tiny_dir), device="cpu", progress=False)
@@ -248,7 +267,16 @@ def test_evaluate_job_end_to_end_on_tiny_models(tmp_path, tiny_dir, embedded_dir
     assert record["deltas"]["domain_mcq"]["accuracy_ll"] == pytest.approx(
         record["suites"]["domain_mcq"]["accuracy_ll"] - record["baseline"]["suites"]["domain_mcq"]["accuracy_ll"])
     assert record["selection"]["max_drop"] == 5.0 and isinstance(record["selection"]["eligible"], bool)
-    assert "| drift | kl |" in (out / "eval.md").read_text()
+    markdown = (out / "eval.md").read_text()
+    assert "| drift | kl |" in markdown
+    for suite, metric in (("domain_mcq", "prob_correct"), ("domain_mcq", "accuracy_gen_lenient"), ("ifeval", "inst_strict"),
+                          ("drift", "kl")):
+        value, (low, high) = record["suites"][suite][metric], record["suites"][suite]["ci"][metric]
+        assert low <= value <= high
+        paired = record["delta_ci"][suite][metric]
+        assert paired["n"] == 2 and paired["ci"][0] <= paired["delta"] <= paired["ci"][1]
+    assert record["delta_ci"]["drift"]["kl"]["delta"] == pytest.approx(record["deltas"]["drift"]["kl"])
+    assert "| domain_mcq | prob_correct | " in markdown and "[paired 95% CI]" in markdown
     samples = [json.loads(line) for line in (out / "samples" / "domain_mcq.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and len(samples[0]["completions"]) == 2
     from disc_ray.cli import main

@@ -8,6 +8,9 @@ Then, on the response tokens only (the chat-formatted prompt is context):
 * ``kl``: mean per-token KL(original || adapted), in nats;
 * ``nll``: the adapted model's mean per-token negative log-likelihood, in nats.
 
+Both are kept per prompt (``per_item``: nats summed over the response, weighted by its tokens), so they get
+95% intervals that resample prompts whole, and paired deltas (:mod:`disc_ray.evaluation.stats`).
+
 Both come from :func:`compute_drift`, which reuses the training loss's chunked projection
 (:func:`disc_ray.objectives.chunked_linear_divergence`), so no ``[tokens, vocab]`` tensor is built and
 it can run during training on pre-tokenized batches (:func:`build_drift_batches`) without generating.
@@ -27,6 +30,7 @@ import torch
 from disc_ray.evaluation.config import SUITE_VERSIONS, EvalConfig
 from disc_ray.evaluation.data import load_prompts, seeded_subset
 from disc_ray.evaluation.prompts import encode_pair
+from disc_ray.evaluation.stats import per_item_table
 from disc_ray.evaluation.suite import SuiteResult
 
 DRIFT_PROMPTS = (
@@ -230,8 +234,26 @@ def run_drift_suite(adapted_model, tokenizer, original: str, cfg: EvalConfig, *,
 
         original_model, _ = load_model_and_tokenizer(original, dtype=next(adapted_model.parameters()).dtype,
                                                      device=next(adapted_model.parameters()).device, cache_dir=cfg.cache_dir)
-    drift = compute_drift(original_model, adapted_model, build_drift_batches(tokenizer, records))
-    metrics = dict(kl=drift["drift_kl"], nll=drift["drift_nll"], n=len(records), tokens=drift["drift_tokens"],
+    ids, kl_sums, nll_sums, tokens = [], [], [], []
+    for record in records:  # one prompt at a time: per-prompt sums for the intervals (packed == unpacked, tested)
+        if not record["response"]:
+            continue
+        try:
+            batches = build_drift_batches(tokenizer, [record])
+        except ValueError:  # the response has no tokens
+            continue
+        drift = compute_drift(original_model, adapted_model, batches)
+        ids.append(record["prompt"])
+        kl_sums.append(drift["drift_kl"] * drift["drift_tokens"])
+        nll_sums.append(drift["drift_nll"] * drift["drift_tokens"])
+        tokens.append(drift["drift_tokens"])
+    if not tokens:
+        raise ValueError("drift: no response tokens to score (every reference response is empty)")
+    total = sum(tokens)
+    # per prompt: nats summed over its response tokens, weighted by its token count, so the score (and the
+    # bootstrap, which resamples prompts whole) is the per-token mean over all response tokens
+    per_item = per_item_table(ids, {"kl": kl_sums, "nll": nll_sums}, weights={"kl": tokens, "nll": tokens})
+    metrics = dict(kl=max(sum(kl_sums) / total, 0.0), nll=sum(nll_sums) / total, n=len(records), tokens=total,
                    version=SUITE_VERSIONS["drift"], original=str(original), unit="nats/token",
-                   max_new_tokens=cfg.drift_max_new_tokens, references=str(cache_path))
+                   max_new_tokens=cfg.drift_max_new_tokens, references=str(cache_path), per_item=per_item)
     return SuiteResult(metrics=metrics, samples=records)

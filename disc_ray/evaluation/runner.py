@@ -124,6 +124,7 @@ def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None)
         if "drift" in cfg.suites:
             started = time.perf_counter()
             results["drift"] = run_drift(model, cfg, original=original, backend=backend)
+            attach_intervals(results["drift"].metrics, cfg.bootstrap())
             timing["drift"] = time.perf_counter() - started
             log(f"{model}: drift: {headline('drift', results['drift'].metrics)} ({timing['drift']:.1f} s)")
     finally:
