@@ -103,6 +103,8 @@ def test_compare_pairs_items_by_id_whatever_their_order():
     result = compare(a, partial, SETTINGS)
     assert result["n"] == 30 and result["delta"] == pytest.approx(a.values[:30].mean() - b.values[:30].mean())
     assert compare(a, ItemValues(("x",), np.array([1.0])), SETTINGS) is None
+    few = compare(ItemValues(ids[:3], a.values[:3] + 50), ItemValues(ids[:3], a.values[:3]), SETTINGS)
+    assert few["ci"] == [pytest.approx(50.0)] * 2 and not few["outside"]  # 3 items: reported, never claimed
 
 
 # --------------------------------------------------------------------------- continuous MCQ scores

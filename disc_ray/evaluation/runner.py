@@ -27,7 +27,7 @@ from disc_ray.evaluation.config import (BACKENDS, BUILTIN_SUITES, LM_EVAL_PREFIX
                                         EvalInputError, VLLMSettings)
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.selection import judge, run_scores
-from disc_ray.evaluation.stats import attach_intervals, compare_suites, format_ci
+from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites, format_ci
 from disc_ray.evaluation.suite import SuiteResult
 
 GENERATION_SUITES = ("domain_mcq", "domain_qa", "ifeval")
@@ -296,7 +296,7 @@ def format_markdown(record: dict) -> str:
              "drift in nats/token.",
              f"Intervals: {level} bootstrap over items ({boot.get('n_resamples', '-')} resamples, {boot.get('method', 'percentile')}, "
              f"seed {boot.get('seed', '-')}); deltas resample the items of both runs jointly. `*`: the delta's interval "
-             "excludes 0.", "",
+             f"excludes 0 (claimed from {MIN_ITEMS_FOR_CLAIM} shared items up; fewer items give too narrow intervals).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for suite, metrics in record["suites"].items():
         base_rows = {k: (v, ci) for k, v, ci in score_rows(baseline.get(suite, {}))} if baseline else {}

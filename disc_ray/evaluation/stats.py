@@ -52,6 +52,9 @@ class BootstrapSettings:
 
 
 DEFAULT_BOOTSTRAP = BootstrapSettings()
+MIN_ITEMS_FOR_CLAIM = 10
+"""Below this many shared items a paired interval is still reported but never flagged ``outside``: the
+percentile bootstrap under-covers on tiny samples (a 2-item interval can have zero width)."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -199,14 +202,16 @@ def pair_items(a: ItemValues, b: ItemValues) -> tuple[ItemValues, ItemValues]:
 
 def compare(a: ItemValues, b: ItemValues, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict | None:
     """``{"delta", "ci", "n", "outside"}`` for ``a - b`` on the items both answered (paired bootstrap);
-    ``outside``: the interval excludes 0. None when no item is shared."""
+    ``outside``: the interval excludes 0 and at least :data:`MIN_ITEMS_FOR_CLAIM` items are shared. None when
+    no item is shared."""
     a, b = pair_items(a, b)
     if len(a) == 0:
         return None
     ci = paired_delta_interval(a.values, b.values, a.weights, b.weights if a.weights is not None else None,
                                settings=settings)
     delta = a.score - b.score
-    return {"delta": delta, "ci": list(ci), "n": len(a), "outside": bool(ci[0] > 0 or ci[1] < 0)}
+    return {"delta": delta, "ci": list(ci), "n": len(a),
+            "outside": bool((ci[0] > 0 or ci[1] < 0) and len(a) >= MIN_ITEMS_FOR_CLAIM)}
 
 
 def attach_intervals(metrics: dict, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict:
