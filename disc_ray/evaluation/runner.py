@@ -366,6 +366,9 @@ def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--drift-max-new-tokens", type=int, default=defaults.drift_max_new_tokens)
     p.add_argument("--max-drop", type=float, default=defaults.max_drop, help="selection rule's D (points)")
     p.add_argument("--skill-metrics", default=",".join(defaults.skill_metrics))
+    p.add_argument("--bootstrap-resamples", type=int, default=defaults.bootstrap_resamples,
+                   help="resamples behind every 95%% interval (default %(default)s)")
+    p.add_argument("--bootstrap-seed", type=int, default=defaults.bootstrap_seed, help="seed of the intervals' bootstrap")
     p.add_argument("--tensor-parallel-size", type=int, default=VLLMSettings().tensor_parallel_size)
     p.add_argument("--max-model-len", type=int, default=VLLMSettings().max_model_len)
     p.add_argument("--gpu-memory-utilization", type=float, default=VLLMSettings().gpu_memory_utilization)
@@ -389,7 +392,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         mcq_max_new_tokens=args.mcq_max_new_tokens, qa_path=args.qa_path, ifeval_path=args.ifeval_path,
         max_new_tokens=args.max_new_tokens, drift_prompts_path=args.drift_prompts, drift_num_prompts=args.drift_num_prompts,
         drift_max_new_tokens=args.drift_max_new_tokens, max_drop=args.max_drop, skill_metrics=_split(args.skill_metrics),
-        cache_dir=args.cache_dir, vllm=vllm,
+        cache_dir=args.cache_dir, vllm=vllm, bootstrap_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed,
     )
 
 
