@@ -138,6 +138,12 @@ def test_summarize_mcq_keeps_per_item_values_and_per_kind_continuous_scores():
     assert metrics["by_kind"]["single"]["ci"]["prob_correct"][0] >= 60.0
     restated = suite_items({"domain_mcq": metrics}, "domain_mcq.by_kind.restated.prob_correct")
     assert restated.ids == ("id0", "id1") and list(restated.values) == [80.0, 30.0]
+    # a baseline 10 points lower on the restated items only: the per-kind paired deltas say so
+    lower = [dict(r, prob_correct=r["prob_correct"] - (10.0 if i < 2 else 0.0)) for i, r in enumerate(records)]
+    deltas = compare_suites({"domain_mcq": metrics}, {"domain_mcq": summarize_mcq(items, lower)}, SETTINGS)["domain_mcq"]
+    assert deltas["by_kind.restated.prob_correct"]["delta"] == pytest.approx(10.0)
+    assert deltas["by_kind.restated.prob_correct"]["n"] == 2 and deltas["by_kind.single.prob_correct"]["delta"] == 0.0
+    assert deltas["prob_correct"]["delta"] == pytest.approx(5.0) and deltas["accuracy_ll"]["delta"] == 0.0
 
 
 @pytest.mark.parametrize("text,expected", [

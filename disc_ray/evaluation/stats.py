@@ -223,7 +223,7 @@ def attach_intervals(metrics: dict, settings: BootstrapSettings = DEFAULT_BOOTST
     metrics["ci"] = {m: list(bootstrap_interval(item.values, item.weights, settings=settings))
                      for m in per_item["values"] if (item := metric_items(per_item, m)) is not None and len(item)}
     for group, labels in per_item.get("groups", {}).items():
-        for label in sorted({str(x) for x in labels}):
+        for label in sorted({str(x) for x in labels} - {""}):  # "": items outside every group
             sub = metrics.get(group, {}).get(label)
             if not isinstance(sub, dict):
                 continue
@@ -246,7 +246,8 @@ def compare_suites(suites: Mapping, baseline_suites: Mapping, settings: Bootstra
             continue
         names = [m for m in per_item["values"]]
         for group, labels in per_item.get("groups", {}).items():
-            names += [f"{group}.{label}.{m}" for label in sorted({str(x) for x in labels}) for m in per_item["values"]]
+            names += [f"{group}.{label}.{m}" for label in sorted({str(x) for x in labels} - {""})
+                      for m in per_item["values"]]
         for name in names:
             a, b = suite_items(suites, f"{suite}.{name}"), suite_items(baseline_suites, f"{suite}.{name}")
             if a is None or b is None:
