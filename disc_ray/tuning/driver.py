@@ -109,7 +109,8 @@ def _evaluate_original(model_source: str, eval_cfg, drift_prompts_limit: int | N
     scores = run_scores("original", suites, eval_cfg.domain_metrics, eval_cfg.skill_metrics)
     record = dict(model=model_source, name="original", backend=eval_cfg.backend, seed=eval_cfg.seed, suites=suites,
                   summary=dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills)),
-                  config=eval_cfg.to_dict(), versions=package_versions(), timing_s={"original": timing})
+                  config=eval_cfg.to_dict(), versions=package_versions(), timing_s={"original": timing},
+                  bootstrap=eval_cfg.bootstrap().as_dict())
     samples = {s: r.samples for s, r in results.items()}
     references, _ = reference_responses(model_source, drift_prompts(eval_cfg), max_new_tokens=eval_cfg.drift_max_new_tokens,
                                         cfg=eval_cfg)
