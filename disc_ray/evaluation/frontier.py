@@ -89,7 +89,7 @@ def format_budget_markdown(table: dict, *, domain_metric: str, skill: str,
     """The matched-retention section of ``comparison.md``: a table of each method's best run per budget and the
     paired differences between methods at each budget."""
     methods = list(dict.fromkeys(m for row in table.values() for m in row))
-    lines = [f"## Methods at matched retention", "",
+    lines = ["## Methods at matched retention", "",
              f"Each method's best `{domain_metric}` (points, 95% interval) among its learning rates that lose at most "
              f"the budget on `{skill}` (change vs the original, paired 95% interval).", "",
              "| retention budget | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
