@@ -13,7 +13,14 @@ subset and on drift, against the original model. On top of the sweep's own outpu
 * ``tradeoff.png``: domain score vs IFEval change, one point per run, coloured by method;
 * ``retention_vs_lr.png``: IFEval vs learning rate, one line per method, the original and the allowed drop;
 * ``comparison.md``: per method, the run the paper's rule selects (best domain score with at most
-  ``max_drop`` points lost on IFEval) and what it scored.
+  ``max_drop`` points lost on IFEval) and what it scored; then the methods at MATCHED RETENTION: each
+  method's best domain score among its runs that lose at most 2 and at most 5 IFEval points, and the paired
+  95% interval of every difference between methods there (:mod:`disc_ray.evaluation.frontier`);
+* ``frontier.png``: each method's frontier, domain score vs IFEval change across its LR grid, with 95% intervals.
+
+Every score has a 95% bootstrap interval over the questions / prompts and every comparison a paired one
+(:mod:`disc_ray.evaluation.stats`). The default domain score is ``prob_correct`` (the probability on the
+correct option, length-normalized: see ``DOMAIN_METRICS``), not ``accuracy_ll``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,20 @@ import sys
 from pathlib import Path
 
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
+from disc_ray.evaluation.stats import format_ci
 
 METHODS = ("ft", "ft_kl", "disc")
-DOMAIN_METRICS = {"ll": "domain_mcq.accuracy_ll", "gen": "domain_mcq.accuracy_gen"}
-"""What the rule maximises. ``ll`` (default): option log-likelihood, which separates runs of any model size.
-``gen``: the paper's protocol (the answer letter in ``<answer>`` tags, majority vote); small models do not
-follow that format (SmolLM2-135M parses 0 of 12 here), so it only separates runs of larger models."""
+DOMAIN_METRICS = {"prob": "domain_mcq.prob_correct", "ll_norm": "domain_mcq.accuracy_ll_norm",
+                  "ll": "domain_mcq.accuracy_ll", "gen": "domain_mcq.accuracy_gen"}
+"""What the rule maximises. ``prob`` (default): the probability on the correct option (softmax over the options'
+log-likelihoods per byte), continuous, so it moves before the argmax flips and separates runs on a few dozen
+questions. ``ll_norm``: accuracy of the same length-normalized choice. ``ll``: accuracy of the raw summed
+log-likelihood, which favours short options (the correct option is strictly the shortest in 59 of the 208
+BioASQ questions; the 135M original scores 40.9 on ``ll`` against 29.3 on ``ll_norm``), so a run that shifts
+probability towards short answers gains on it without learning. ``gen``: the paper's protocol (the answer
+letter in ``<answer>`` tags, majority vote); small models do not follow that format (SmolLM2-135M parses 0 of
+12 here), so it only separates runs of larger models."""
+DEFAULT_DOMAIN_METRIC = "prob"
 SKILL_METRIC = "ifeval.inst_strict"
 
 
@@ -80,7 +95,7 @@ def write_corpus(bioasq_path: Path, documents: int, out: Path) -> Path:
 
 
 def sweep_file(preset: Preset, *, name: str, out_dir: Path, corpus: Path, model: str, methods=METHODS,
-               workers: int = 1, domain_metric: str = "ll", extra: dict | None = None) -> dict:
+               workers: int = 1, domain_metric: str = DEFAULT_DOMAIN_METRIC, extra: dict | None = None) -> dict:
     """The sweep (see :mod:`disc_ray.tuning.space`) that runs the experiment."""
     if domain_metric not in DOMAIN_METRICS:
         raise ValueError(f"domain_metric must be one of {sorted(DOMAIN_METRICS)}, got {domain_metric!r}")
@@ -110,18 +125,30 @@ def sweep_file(preset: Preset, *, name: str, out_dir: Path, corpus: Path, model:
 # --------------------------------------------------------------------------- tables, plots, comparison
 
 
-def run_rows(outcome: dict) -> list[dict]:
-    """One row per run (the original first), with both domain scores read from each run's eval.json."""
+def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[dict]:
+    """One row per run (the original first), with the domain scores and intervals read from each run's eval.json.
+    ``row["scores"]``: the run's :class:`~disc_ray.evaluation.selection.RunScores` under ``domain_metric`` (with
+    per-item values, for the paired comparisons); ``row["frontier"]``: its point on the method's frontier."""
+    from disc_ray.evaluation.frontier import frontier_point
+    from disc_ray.evaluation.selection import run_scores
+
+    metric = DOMAIN_METRICS[domain_metric]
     baseline = outcome["baseline_eval"]["suites"]
-    rows = [{"method": "original", "lr": None, "status": "", **_scores(baseline), "selected": ""}]
+    original = run_scores("original", baseline, [metric], [SKILL_METRIC])
+    rows = [{"method": "original", "lr": None, "status": "", **_scores(baseline), "selected": "", "scores": original}]
     for record in sorted(outcome["records"], key=lambda r: (METHODS.index(r.params["objective.name"]), r.params["train.lr"])):
         suites = {}
         if record.model_dir and (Path(record.model_dir) / "eval" / "eval.json").exists():
             suites = json.loads((Path(record.model_dir) / "eval" / "eval.json").read_text())["suites"]
-        row = {"method": record.params["objective.name"], "lr": record.params["train.lr"], "status": record.status,
-               **_scores(suites), "selected": "yes" if record.trial_id in outcome["per_method"].values() else ""}
+        method, lr = record.params["objective.name"], record.params["train.lr"]
+        scores = run_scores(f"{method} lr {lr:g}", suites, [metric], [SKILL_METRIC])
+        row = {"method": method, "lr": lr, "status": record.status, **_scores(suites),
+               "selected": "yes" if record.trial_id in outcome["per_method"].values() else "", "scores": scores,
+               "frontier": frontier_point(method, f"{lr:.0e}", scores, original, SKILL_METRIC) if suites else None}
         if record.status != "completed" and record.drift_kl is not None:
             row["drift_kl"] = record.drift_kl
+        if row["frontier"] is not None and row["frontier"].retention_ci is not None:
+            row["ifeval_change_ci_low"], row["ifeval_change_ci_high"] = row["frontier"].retention_ci
         rows.append(row)
     base_skill = rows[0]["ifeval_inst_strict"]
     for row in rows:
@@ -132,12 +159,23 @@ def run_rows(outcome: dict) -> list[dict]:
 
 def _scores(suites: dict) -> dict:
     mcq, ifeval, drift = suites.get("domain_mcq", {}), suites.get("ifeval", {}), suites.get("drift", {})
-    return {"mcq_gen": mcq.get("accuracy_gen"), "mcq_ll": mcq.get("accuracy_ll"), "ifeval_inst_strict": ifeval.get("inst_strict"),
+    ci = lambda metrics, key, end: (metrics.get("ci", {}).get(key) or [None, None])[end]  # noqa: E731
+    return {"mcq_prob": mcq.get("prob_correct"), "mcq_prob_ci_low": ci(mcq, "prob_correct", 0),
+            "mcq_prob_ci_high": ci(mcq, "prob_correct", 1), "mcq_margin": mcq.get("margin"),
+            "mcq_ll_norm": mcq.get("accuracy_ll_norm"), "mcq_gen": mcq.get("accuracy_gen"),
+            "mcq_gen_lenient": mcq.get("accuracy_gen_lenient"), "mcq_ll": mcq.get("accuracy_ll"),
+            "ifeval_inst_strict": ifeval.get("inst_strict"), "ifeval_inst_strict_ci_low": ci(ifeval, "inst_strict", 0),
+            "ifeval_inst_strict_ci_high": ci(ifeval, "inst_strict", 1), "ifeval_inst_loose": ifeval.get("inst_loose"),
             "ifeval_prompt_strict": ifeval.get("prompt_strict"), "drift_kl": drift.get("kl"), "drift_nll": drift.get("nll")}
 
 
-COLUMNS = ("method", "lr", "status", "mcq_gen", "mcq_ll", "ifeval_inst_strict", "ifeval_change", "ifeval_prompt_strict",
-           "drift_kl", "drift_nll", "selected")
+COLUMNS = ("method", "lr", "status", "mcq_prob", "mcq_prob_ci_low", "mcq_prob_ci_high", "mcq_margin", "mcq_ll_norm",
+           "mcq_gen", "mcq_gen_lenient", "mcq_ll", "ifeval_inst_strict", "ifeval_inst_strict_ci_low",
+           "ifeval_inst_strict_ci_high", "ifeval_change", "ifeval_change_ci_low", "ifeval_change_ci_high",
+           "ifeval_inst_loose", "ifeval_prompt_strict", "drift_kl", "drift_nll", "selected")
+MARKDOWN_COLUMNS = ("method", "lr", "status", "mcq_prob", "mcq_ll_norm", "mcq_gen", "mcq_gen_lenient", "mcq_ll",
+                    "ifeval_inst_strict", "ifeval_change", "ifeval_inst_loose", "drift_kl", "selected")
+"""``results.md`` shows intervals inside the cells (``41.2 [36.1, 46.3]``); the CSV has them as columns."""
 
 
 def _fmt(value) -> str:
@@ -153,40 +191,66 @@ def write_tables(rows: list[dict], out: Path) -> tuple[Path, Path]:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: row.get(k) for k in COLUMNS} for row in rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row.get(k)) for k in COLUMNS) + " |" for row in rows]
-    (out / "results.md").write_text("Scores in points (0-100), drift in nats/token; `selected`: the paper's rule, per method.\n\n"
-                                    + "\n".join(lines) + "\n")
+    def cell(row: dict, key: str) -> str:
+        if key == "mcq_prob" and row.get("mcq_prob") is not None:
+            return format_ci(row["mcq_prob"], [row.get("mcq_prob_ci_low"), row.get("mcq_prob_ci_high")])
+        if key == "ifeval_inst_strict" and row.get(key) is not None:
+            return format_ci(row[key], [row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")])
+        if key == "ifeval_change" and row.get(key) is not None and row.get("ifeval_change_ci_low") is not None:
+            return format_ci(row[key], [row["ifeval_change_ci_low"], row["ifeval_change_ci_high"]], signed=True)
+        return _fmt(row.get(key))
+
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    lines += ["| " + " | ".join(cell(row, k) for k in MARKDOWN_COLUMNS) + " |" for row in rows]
+    (out / "results.md").write_text(
+        "Scores in points (0-100) with 95% bootstrap intervals over the questions / prompts; `ifeval_change` vs the "
+        "original with its PAIRED interval; `mcq_margin` in nats/byte, drift in nats/token; `selected`: the paper's "
+        "rule, per method.\n\n" + "\n".join(lines) + "\n")
     return out / "results.csv", out / "results.md"
 
 
-def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = "ll") -> tuple[Path, Path]:
+def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> tuple[Path, Path, Path]:
+    """``tradeoff.png`` (every run), ``retention_vs_lr.png`` and ``frontier.png`` (each method's frontier), with
+    95% intervals as error bars (IFEval changes: paired intervals)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"ft": "tab:orange", "ft_kl": "tab:purple", "disc": "tab:blue"}
+    from disc_ray.evaluation.frontier import BUDGETS, COLOURS, plot_frontiers
+    from disc_ray.evaluation.report import draw_error_bars
+
     original, runs = rows[0], rows[1:]
-    domain = f"mcq_{domain_metric}"
+    domain_label = f"BioASQ closed-book MCQ: {DOMAIN_METRICS[domain_metric]} (points)"
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for method in METHODS:
-        points = [r for r in runs if r["method"] == method and r["ifeval_change"] is not None and r[domain] is not None]
-        ax.scatter([r["ifeval_change"] for r in points], [r[domain] for r in points], c=colours[method], label=method, zorder=3)
+        points = [r for r in runs if r["method"] == method and r.get("frontier") is not None
+                  and r["frontier"].retention is not None and r["scores"].domain is not None]
         for r in points:
-            ax.annotate(f"{r['lr']:.0e}", (r["ifeval_change"], r[domain]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.scatter([0.0], [original[domain]], marker="*", s=200, c="tab:red", label="original", zorder=4)
+            draw_error_bars(ax, r["frontier"].retention, r["scores"].domain, r["frontier"].retention_ci,
+                            r["scores"].domain_ci, colour=COLOURS[method])
+            ax.annotate(f"{r['lr']:.0e}", (r["frontier"].retention, r["scores"].domain), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
+        ax.scatter([r["frontier"].retention for r in points], [r["scores"].domain for r in points], c=COLOURS[method],
+                   label=method, zorder=3)
+    if original["scores"].domain is not None:
+        draw_error_bars(ax, 0.0, original["scores"].domain, None, original["scores"].domain_ci, colour="tab:red")
+        ax.scatter([0.0], [original["scores"].domain], marker="*", s=200, c="tab:red", label="original", zorder=4)
     ax.axvline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"-{max_drop:g} points")
     ax.set_xlabel("IFEval instruction-level strict, change vs original (points)")
-    ax.set_ylabel(f"BioASQ closed-book MCQ ({'generation' if domain == 'mcq_gen' else 'log-likelihood'}, points)")
-    _save(fig, ax, "Knowledge gained vs instruction following kept", out / "tradeoff.png")
+    ax.set_ylabel(domain_label)
+    _save(fig, ax, "Knowledge gained vs instruction following kept (95% intervals)", out / "tradeoff.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for method in METHODS:
         points = sorted((r for r in runs if r["method"] == method), key=lambda r: r["lr"])
-        ax.plot([r["lr"] for r in points], [r["ifeval_inst_strict"] if r["ifeval_inst_strict"] is not None else float("nan")
-                                            for r in points], "-o", c=colours[method], label=method)
+        values = [r["ifeval_inst_strict"] if r["ifeval_inst_strict"] is not None else float("nan") for r in points]
+        ax.plot([r["lr"] for r in points], values, "-o", c=COLOURS[method], label=method)
+        for r, value in zip(points, values):
+            if r.get("ifeval_inst_strict_ci_low") is not None:
+                draw_error_bars(ax, r["lr"], value, None, (r["ifeval_inst_strict_ci_low"], r["ifeval_inst_strict_ci_high"]),
+                                colour=COLOURS[method])
     if original["ifeval_inst_strict"] is not None:
         ax.axhline(original["ifeval_inst_strict"], color="tab:red", linewidth=1, label="original")
         ax.axhline(original["ifeval_inst_strict"] - max_drop, color="tab:red", linestyle="--", linewidth=1,
@@ -194,8 +258,11 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = "ll"
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("IFEval instruction-level strict (points)")
-    _save(fig, ax, "Retention vs learning rate", out / "retention_vs_lr.png")
-    return out / "tradeoff.png", out / "retention_vs_lr.png"
+    _save(fig, ax, "Retention vs learning rate (95% intervals)", out / "retention_vs_lr.png")
+    frontier = plot_frontiers([r["frontier"] for r in runs if r.get("frontier") is not None], original["scores"],
+                              out / "frontier.png", budgets=BUDGETS, domain_label=domain_label,
+                              skill_label="IFEval instruction-level strict")
+    return out / "tradeoff.png", out / "retention_vs_lr.png", frontier
 
 
 def _save(fig, ax, title: str, path: Path) -> None:
@@ -221,21 +288,35 @@ def select_per_method(records: list, baseline, spec) -> dict[str, str | None]:
     return chosen
 
 
-def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop: float, domain_metric: str = "ll") -> str:
+def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop: float,
+                    domain_metric: str = DEFAULT_DOMAIN_METRIC) -> str:
+    """The paper's rule per method (with intervals), then the methods at matched retention (2 and 5 points)."""
+    from disc_ray.evaluation.frontier import BUDGETS, best_at_budgets, format_budget_markdown
+
     by_id = {r.trial_id: r for r in records}
     original = rows[0]
-    lines = [f"Paper's rule, per method: best domain score ({DOMAIN_METRICS[domain_metric]}) with at most "
-             f"{max_drop:g} points lost on IFEval "
-             f"(original: MCQ gen {_fmt(original['mcq_gen'])}, MCQ ll {_fmt(original['mcq_ll'])}, "
-             f"IFEval {_fmt(original['ifeval_inst_strict'])}).", ""]
+    metric = DOMAIN_METRICS[domain_metric]
+    lines = [f"Paper's rule, per method: best domain score ({metric}) with at most {max_drop:g} points lost on IFEval "
+             f"(original: {metric} {format_ci(original['scores'].domain, original['scores'].domain_ci)}, "
+             f"MCQ gen {_fmt(original['mcq_gen'])} (lenient parse {_fmt(original['mcq_gen_lenient'])}), "
+             f"MCQ ll {_fmt(original['mcq_ll'])}, ll_norm {_fmt(original['mcq_ll_norm'])}, "
+             f"IFEval {format_ci(original['ifeval_inst_strict'], [original['ifeval_inst_strict_ci_low'], original['ifeval_inst_strict_ci_high']])}). "
+             "Intervals: 95% bootstrap over questions / prompts; changes vs the original are paired.", ""]
     for method, trial_id in per_method.items():
         if trial_id is None:
             lines.append(f"- {method}: no learning rate keeps IFEval within {max_drop:g} points")
             continue
         record = by_id[trial_id]
         row = next(r for r in rows[1:] if r["method"] == method and r["lr"] == record.params["train.lr"])
-        lines.append(f"- {method}: lr {record.params['train.lr']:g}: MCQ gen {_fmt(row['mcq_gen'])}, MCQ ll {_fmt(row['mcq_ll'])}, "
-                     f"IFEval {_fmt(row['ifeval_inst_strict'])} ({_fmt(row['ifeval_change'])}), drift KL {_fmt(row['drift_kl'])}")
+        change = row["frontier"].retention_ci if row.get("frontier") else None
+        lines.append(f"- {method}: lr {record.params['train.lr']:g}: {metric} "
+                     f"{format_ci(row['scores'].domain, row['scores'].domain_ci)}, MCQ gen {_fmt(row['mcq_gen'])}, "
+                     f"MCQ ll {_fmt(row['mcq_ll'])}, IFEval {_fmt(row['ifeval_inst_strict'])} "
+                     f"({format_ci(row['ifeval_change'], change, signed=True)}), drift KL {_fmt(row['drift_kl'])}")
+    points = [r["frontier"] for r in rows[1:] if r.get("frontier") is not None]
+    lines += ["", format_budget_markdown(best_at_budgets(points, BUDGETS), domain_metric=metric,
+                                         skill="IFEval inst_strict").rstrip("\n"),
+              "", "`frontier.png` draws each method's runs as domain score vs IFEval change, with these intervals."]
     return "\n".join(lines) + "\n"
 
 
@@ -243,7 +324,7 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
 
 
 def run_reproduction(preset: Preset, *, out_dir: str | Path, name: str, model: str = "smollm2-135m-instruct",
-                     bioasq_path: str | Path = DEFAULT_MCQ_PATH, methods=METHODS, domain_metric: str = "ll",
+                     bioasq_path: str | Path = DEFAULT_MCQ_PATH, methods=METHODS, domain_metric: str = DEFAULT_DOMAIN_METRIC,
                      extra: dict | None = None, log=print) -> dict:
     from disc_ray.tuning.driver import run_sweep
     from disc_ray.tuning.space import parse_sweep
@@ -256,17 +337,18 @@ def run_reproduction(preset: Preset, *, out_dir: str | Path, name: str, model: s
     outcome = run_sweep(sweep)
     outcome["baseline_eval"] = json.loads((experiment / "baseline" / "eval.json").read_text())
     outcome["per_method"] = select_per_method(outcome["records"], outcome["baseline"], sweep.selection)
-    rows = run_rows(outcome)
+    rows = run_rows(outcome, domain_metric)
     tables = write_tables(rows, experiment)
     plots = plot(rows, experiment, sweep.selection.max_drop, domain_metric)
     comparison = comparison_text(rows, outcome["per_method"], outcome["records"], sweep.selection.max_drop, domain_metric)
     (experiment / "comparison.md").write_text(comparison)
     log((experiment / "results.md").read_text())
     log(comparison)
-    log(f"[reproduce] tables {tables[1]}, plots {plots[0]} and {plots[1]}")
+    log(f"[reproduce] tables {tables[1]}, plots {plots[0]}, {plots[1]} and {plots[2]}")
     return {"rows": rows, "per_method": outcome["per_method"], "experiment_dir": str(experiment),
             "paths": {"csv": str(tables[0]), "markdown": str(tables[1]), "tradeoff": str(plots[0]),
-                      "retention_vs_lr": str(plots[1]), "comparison": str(experiment / "comparison.md")}}
+                      "retention_vs_lr": str(plots[1]), "frontier": str(plots[2]),
+                      "comparison": str(experiment / "comparison.md")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,8 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bioasq", default=str(DEFAULT_MCQ_PATH), help="BioASQ MCQ JSONL (passages under meta.context)")
     parser.add_argument("--documents", type=int, help="override the preset's number of passages")
     parser.add_argument("--lrs", help="override the preset's learning rates, comma separated")
-    parser.add_argument("--domain-metric", choices=sorted(DOMAIN_METRICS), default="ll",
-                        help="what the paper's rule maximises: MCQ log-likelihood (default) or generation accuracy")
+    parser.add_argument("--domain-metric", choices=sorted(DOMAIN_METRICS), default=DEFAULT_DOMAIN_METRIC,
+                        help="what the paper's rule maximises: prob (default: probability on the correct option), "
+                             "ll_norm, ll (raw log-likelihood accuracy, favours short options) or gen")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     if args.documents:

@@ -29,9 +29,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _core_tests_start_no_ray(request):
+    def ray_running() -> bool:
+        ray = sys.modules.get("ray")
+        return ray is not None and ray.is_initialized()
+
+    running_before = ray_running()  # a module-scoped cluster of the ray tests beside it may be up already
     yield
-    ray = sys.modules.get("ray")
-    if request.node.get_closest_marker("ray") is None and ray is not None and ray.is_initialized():
+    if request.node.get_closest_marker("ray") is None and not running_before and ray_running():
+        ray = sys.modules["ray"]
         ray.shutdown()
         pytest.fail("this test started Ray: mark it @pytest.mark.ray (it is not a core test)")
 

@@ -282,3 +282,8 @@ def test_lm_eval_metrics_are_converted_to_points():
                                     "exact_match,flexible-extract": 0.3, "word_perplexity,none": 12.5})
     assert metrics == {"exact_match/strict-match": 25.0, "exact_match_stderr/strict-match": 1.0, "score": 25.0,
                        "exact_match/flexible-extract": 30.0, "word_perplexity": 12.5}
+    from disc_ray.evaluation.lm_eval_tasks import stderr_intervals
+
+    intervals = stderr_intervals(metrics)  # 25 -/+ 1.96 x 1 point; no stderr, no interval
+    assert intervals["exact_match/strict-match"] == pytest.approx([25 - 1.959964, 25 + 1.959964])
+    assert intervals["score"] == intervals["exact_match/strict-match"] and set(intervals) == {"exact_match/strict-match", "score"}

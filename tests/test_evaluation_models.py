@@ -125,6 +125,36 @@ def test_mcq_loglikelihood_picks_the_option_the_model_was_trained_to_prefer(tiny
     assert [r["prediction_ll"] for r in after] == [i.correct_index for i in items]
 
 
+def test_mcq_continuous_scores_by_hand_on_a_tiny_model(tiny_model, tokenizer):
+    """prob_correct and margin from the scorer == a hand computation from full-logit log-likelihoods, and
+    training towards the right options raises prob_correct (the continuous score moves)."""
+    import math
+
+    from disc_ray.evaluation.mcq import summarize_mcq
+
+    items = [MCQItem("Which fruit is yellow?", ("cherry", "a ripe banana", "grape", "plum"), 1),
+             MCQItem("Which planet is red?", ("Mars", "Saturn", "the planet Venus"), 0)]
+
+    def by_hand(item):
+        normalized = [full_logit_loglikelihood(tiny_model, tokenizer, mcq_loglikelihood_context(item), option)
+                      / len(option.encode("utf-8")) for option in item.options]
+        total = sum(math.exp(v) for v in normalized)
+        others = [v for i, v in enumerate(normalized) if i != item.correct_index]
+        return 100 * math.exp(normalized[item.correct_index]) / total, normalized[item.correct_index] - max(others)
+
+    records = score_mcq_loglikelihood(HFBackend(tiny_model, tokenizer, batch_size=3, progress=False), items)
+    for item, record in zip(items, records):
+        expected_p, expected_margin = by_hand(item)
+        assert record["prob_correct"] == pytest.approx(expected_p, abs=1e-3)
+        assert record["margin"] == pytest.approx(expected_margin, abs=1e-4)
+        assert (record["margin"] > 0) == record["correct_ll_norm"]
+    before = summarize_mcq(items, records)
+    assert before["prob_correct"] == pytest.approx(sum(r["prob_correct"] for r in records) / 2)
+    train_on(tiny_model, tokenizer, [(mcq_loglikelihood_context(i), i.options[i.correct_index]) for i in items], steps=10)
+    after = summarize_mcq(items, score_mcq_loglikelihood(HFBackend(tiny_model, tokenizer, progress=False), items))
+    assert after["prob_correct"] > before["prob_correct"] + 5 and after["margin"] > before["margin"]
+
+
 def test_mcq_generation_protocol_on_a_model_trained_to_answer(tiny_model, tokenizer):
     """A model taught to always reply <answer>B</answer>: right where B is correct, wrong elsewhere."""
     items = [MCQItem("Which fruit is yellow?", ("cherry", "banana", "grape"), 1),
@@ -175,6 +205,25 @@ def test_drift_packed_equals_one_sequence_per_batch(student_teacher, tokenizer):
     assert a["drift_kl"] == pytest.approx(b["drift_kl"], rel=1e-4) and a["drift_nll"] == pytest.approx(b["drift_nll"], rel=1e-5)
 
 
+def test_drift_suite_per_prompt_values_add_up_to_the_packed_metric(student_teacher, tokenizer, tiny_dir, tmp_path):
+    """The drift suite scores prompt by prompt (for its intervals): its KL / NLL equal compute_drift over the packed
+    batch, and the per-item sums / token weights reproduce them."""
+    from disc_ray.evaluation.drift import run_drift_suite
+    from disc_ray.evaluation.stats import attach_intervals, suite_items
+
+    adapted, original = student_teacher
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), drift_num_prompts=3, drift_max_new_tokens=6, progress=False)
+    result = run_drift_suite(adapted, tokenizer, str(tiny_dir), cfg, original_model=original,
+                             reference_backend=HFBackend(original, tokenizer, progress=False))
+    packed = compute_drift(original, adapted, build_drift_batches(tokenizer, result.samples))
+    metrics = attach_intervals(result.metrics)
+    assert metrics["kl"] == pytest.approx(packed["drift_kl"], rel=1e-4) and metrics["kl"] > 0
+    assert metrics["nll"] == pytest.approx(packed["drift_nll"], rel=1e-5) and metrics["tokens"] == packed["drift_tokens"]
+    kl = suite_items({"drift": metrics}, "drift.kl")
+    assert len(kl) == 3 and kl.weights.sum() == packed["drift_tokens"] and kl.score == pytest.approx(metrics["kl"])
+    assert metrics["ci"]["kl"][0] <= metrics["kl"] <= metrics["ci"]["kl"][1]
+
+
 def test_reference_responses_are_generated_once_and_cached(tiny_dir, tmp_path):
     cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), progress=False)
     backend = HFBackend.load(str(tiny_dir), device="cpu", progress=False)
@@ -219,7 +268,16 @@ def test_evaluate_job_end_to_end_on_tiny_models(tmp_path, tiny_dir, embedded_dir
     assert record["deltas"]["domain_mcq"]["accuracy_ll"] == pytest.approx(
         record["suites"]["domain_mcq"]["accuracy_ll"] - record["baseline"]["suites"]["domain_mcq"]["accuracy_ll"])
     assert record["selection"]["max_drop"] == 5.0 and isinstance(record["selection"]["eligible"], bool)
-    assert "| drift | kl |" in (out / "eval.md").read_text()
+    markdown = (out / "eval.md").read_text()
+    assert "| drift | kl |" in markdown
+    for suite, metric in (("domain_mcq", "prob_correct"), ("domain_mcq", "accuracy_gen_lenient"), ("ifeval", "inst_strict"),
+                          ("drift", "kl")):
+        value, (low, high) = record["suites"][suite][metric], record["suites"][suite]["ci"][metric]
+        assert low <= value <= high
+        paired = record["delta_ci"][suite][metric]
+        assert paired["n"] == 2 and paired["ci"][0] <= paired["delta"] <= paired["ci"][1]
+    assert record["delta_ci"]["drift"]["kl"]["delta"] == pytest.approx(record["deltas"]["drift"]["kl"])
+    assert "| domain_mcq | prob_correct | " in markdown and "[paired 95% CI]" in markdown
     samples = [json.loads(line) for line in (out / "samples" / "domain_mcq.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and len(samples[0]["completions"]) == 2
     from disc_ray.cli import main
@@ -244,7 +302,12 @@ def test_baseline_can_be_a_previous_eval_json(tmp_path, tiny_dir, student_teache
     base = json.loads((tmp_path / "base_eval" / "eval.json").read_text())
     assert record["baseline"]["model"] == str(tiny_dir) and record["baseline"]["suites"] == base["suites"]
     assert record["suites"]["domain_mcq"]["n"] == 3  # --mcq-limit, not --limit, sets the MCQ subset
-    assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm"}
+    assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm", "prob_correct", "margin"}
+    paired = record["delta_ci"]["domain_mcq"]  # the same 3 questions: paired intervals around the point deltas
+    for metric, delta in record["deltas"]["domain_mcq"].items():
+        assert paired[metric]["n"] == 3 and paired[metric]["delta"] == pytest.approx(delta)
+        assert paired[metric]["ci"][0] <= delta <= paired[metric]["ci"][1]
+    assert record["bootstrap"]["seed"] == 0 and "prob_correct" in record["suites"]["domain_mcq"]["ci"]
     assert record["selection"]["eligible"] is False  # no retained-skill suite was run, so the rule cannot pass it
 
 

@@ -76,7 +76,8 @@ def test_domain_metric_is_what_the_rule_maximises(tmp_path):
     from disc_ray.reproduce import PRESETS, sweep_file
 
     common = dict(name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="m")
-    assert sweep_file(PRESETS["quick"], **common)["selection"]["domain_metric"] == ["domain_mcq.accuracy_ll"]
+    assert sweep_file(PRESETS["quick"], **common)["selection"]["domain_metric"] == ["domain_mcq.prob_correct"]
+    assert sweep_file(PRESETS["quick"], domain_metric="ll", **common)["selection"]["domain_metric"] == ["domain_mcq.accuracy_ll"]
     assert sweep_file(PRESETS["quick"], domain_metric="gen", **common)["selection"]["domain_metric"] == ["domain_mcq.accuracy_gen"]
     with pytest.raises(ValueError, match="domain_metric"):
         sweep_file(PRESETS["quick"], domain_metric="f1", **common)
@@ -87,3 +88,68 @@ def test_command_line_rejects_too_many_documents(tmp_path):
     from disc_ray.reproduce import main
 
     assert main(["--quick", "--documents", "100000", "--out", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------- matched retention (no Ray)
+
+
+def _eval_suites(prob_values, followed, settings):
+    """eval.json suites with per-item values: MCQ prob_correct (points) and IFEval inst_strict (1 instruction/prompt)."""
+    import numpy as np
+
+    from disc_ray.evaluation.stats import attach_intervals, per_item_table
+
+    mcq = {"prob_correct": float(np.mean(prob_values)), "accuracy_ll": 50.0, "accuracy_gen": 0.0,
+           "per_item": per_item_table([f"q{i}" for i in range(len(prob_values))], {"prob_correct": prob_values})}
+    ifeval = {"inst_strict": float(np.mean(followed)),
+              "per_item": per_item_table([f"p{i}" for i in range(len(followed))], {"inst_strict": followed},
+                                         weights={"inst_strict": [1] * len(followed)})}
+    return {"domain_mcq": attach_intervals(mcq, settings), "ifeval": attach_intervals(ifeval, settings)}
+
+
+def test_matched_retention_compares_each_methods_best_run_within_the_budget(tmp_path):
+    """ft learns most but forgets; disc keeps IFEval. At <= 2 points lost disc's best beats ft's best (which must
+    use a small LR) outside the paired interval; at <= 5 ft's 1e-4 run (-3.75) is allowed and the gap closes."""
+    import numpy as np
+
+    from disc_ray.evaluation.stats import BootstrapSettings
+    from disc_ray.reproduce import comparison_text, plot, run_rows, write_tables
+    from disc_ray.tuning.selection import TrialRecord
+
+    settings = BootstrapSettings()
+    rng = np.random.default_rng(0)
+    base = list(rng.uniform(15, 45, 48))
+    followed = [100.0] * 40 + [0.0] * 40
+
+    def forget(k):
+        out = list(followed)
+        for i in range(k):
+            out[i] = 0.0
+        return out
+
+    plan = {("ft", 1e-5): (1.0, 0), ("ft", 1e-4): (16.0, 3), ("ft", 1e-3): (30.0, 16),
+            ("disc", 1e-5): (0.5, 0), ("disc", 1e-4): (9.0, 1), ("disc", 1e-3): (15.0, 8)}
+    records = []
+    for i, ((method, lr), (gain, lost)) in enumerate(plan.items()):
+        model_dir = tmp_path / f"run{i}"
+        (model_dir / "eval").mkdir(parents=True)
+        suites = _eval_suites(list(np.array(base) + gain + rng.normal(0, 1.5, 48)), forget(lost), settings)
+        (model_dir / "eval" / "eval.json").write_text(json.dumps({"suites": suites}))
+        records.append(TrialRecord(f"t{i}", {"objective.name": method, "train.lr": lr}, "completed",
+                                   model_dir=str(model_dir)))
+    outcome = {"baseline_eval": {"suites": _eval_suites(base, followed, settings)}, "records": records,
+               "per_method": {"ft": "t1", "disc": "t5"}}
+    rows = run_rows(outcome, "prob")
+    ft_1e4 = next(r for r in rows if r["method"] == "ft" and r["lr"] == 1e-4)
+    assert ft_1e4["ifeval_change"] == pytest.approx(-3.75) and ft_1e4["ifeval_change_ci_low"] < -3.75 < ft_1e4["ifeval_change_ci_high"]
+    text = comparison_text(rows, outcome["per_method"], records, 5.0, "prob")
+    budget_rows = [line for line in text.splitlines() if line.startswith("| lose <=")]
+    assert "(lr 1e-05;" in budget_rows[0].split("|")[2] and "(lr 1e-04;" in budget_rows[0].split("|")[3]  # <= 2
+    assert "(lr 1e-04;" in budget_rows[1].split("|")[2] and "(lr 1e-04;" in budget_rows[1].split("|")[3]  # <= 5
+    assert "- <= 2 points: disc - ft = +" in text and "the questions separate them" in text.split("- <= 5")[0]
+    assert "- <= 5 points: ft - disc = +" in text
+    write_tables(rows, tmp_path)
+    assert "| ft | 1e-04 | completed | " in (tmp_path / "results.md").read_text()
+    paths = plot(rows, tmp_path, 5.0, "prob")
+    assert [p.name for p in paths] == ["tradeoff.png", "retention_vs_lr.png", "frontier.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

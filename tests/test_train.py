@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from disc_ray.config import AdaptConfig, TrainConfig, load_config
 from disc_ray.loop import build_lr_scheduler, build_optimizer, run_adaptation
 from disc_ray.models import build_tiny_model
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch
 from disc_ray.splits import SplitConfig, example_to_row, prepare_document
 from disc_ray.train import INITIAL_TRAIN_STATE, AppState, build_trainer, load_training_checkpoint, save_training_checkpoint
 
@@ -58,9 +59,18 @@ def test_two_fsdp_workers_match_one_process_and_export_reloads(local_ray, tmp_pa
 
     exported = AutoModelForCausalLM.from_pretrained(result.checkpoint.path)
     assert (tmp_path / "runs" / "equiv" / "export" / "model.safetensors").exists()
-    ids = torch.tensor([rows[0]["input_ids"]])
+    # The exported weights are the distributed run's: their DiSC loss equals the single-process model's. Compared
+    # on the loss (a mean over every scored token), not per logit: after AdamW steps a near-zero gradient that
+    # differs by fp32 summation order (2 ranks vs 1) can move a weight by up to lr, so per-element weights and
+    # logits legitimately differ far more than the loss does.
+    teacher, _ = build_tiny_model(str(tiny_dir))
+    examples = [prepare_document(t, tokenizer, SplitConfig())[0] for t in texts]
     with torch.no_grad():
-        torch.testing.assert_close(exported(ids).logits, single.eval()(ids).logits, rtol=1e-3, atol=1e-4)
+        exported_loss, single_loss = (compute_loss(m.eval(), teacher.eval(), pack_disc_batch(examples), ObjectiveConfig()).loss
+                                      for m in (exported, single))
+        initial_loss = compute_loss(teacher, teacher, pack_disc_batch(examples), ObjectiveConfig()).loss
+    assert exported_loss.item() < initial_loss.item()  # the trained weights were exported, not the initial ones
+    torch.testing.assert_close(exported_loss, single_loss, rtol=1e-4, atol=1e-7)
 
 
 def kill_a_worker_once_checkpointed(run_dir, gate, killed):

@@ -3,7 +3,8 @@
 Suites (one module each): ``domain_mcq`` (:mod:`.mcq`: option log-likelihood and the answer-tag
 generation protocol), ``domain_qa`` (:mod:`.qa`), ``ifeval`` (:mod:`.ifeval`: lm-eval's checkers,
 offline), ``drift`` (:mod:`.drift`: KL(original || adapted) and NLL on the original's own responses)
-and ``lm_eval:<task>`` (:mod:`.lm_eval_tasks`). Backends (:mod:`.backends`): ``hf`` (transformers),
+and ``lm_eval:<task>`` (:mod:`.lm_eval_tasks`). Intervals and paired comparisons: :mod:`.stats`; methods at
+matched retention: :mod:`.frontier`. Backends (:mod:`.backends`): ``hf`` (transformers),
 ``vllm`` (``vllm.LLM``), ``ray_vllm`` (:mod:`.ray_backend`: Ray Data + ``ray.data.llm``).
 
     from disc_ray.evaluation import EvalConfig, evaluate
@@ -29,6 +30,8 @@ _EXPORTS = {
     "select_best": "selection", "run_scores": "selection", "RunScores": "selection", "Selection": "selection",
     "evaluate": "runner", "evaluate_suites": "runner",
     "write_report": "report",
+    "BootstrapSettings": "stats", "bootstrap_interval": "stats", "paired_delta_interval": "stats", "compare": "stats",
+    "best_at_budgets": "frontier", "plot_frontiers": "frontier",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,7 +23,8 @@ MCQ_MODES = ("ll", "gen")
 
 # Bump a suite's version whenever its prompts, parsing or scoring change: scores with different
 # versions are not comparable. The data file's hash is recorded next to it.
-SUITE_VERSIONS = {"domain_mcq": "1", "domain_qa": "1", "ifeval": "1", "drift": "1"}
+# domain_mcq 2 / ifeval 2: continuous MCQ scores, the lenient generation parse, per-item values (same accuracies).
+SUITE_VERSIONS = {"domain_mcq": "2", "domain_qa": "1", "ifeval": "2", "drift": "1"}
 
 
 class EvalInputError(ValueError):
@@ -111,6 +112,12 @@ class EvalConfig:
     skill_metrics: tuple[str, ...] = ("ifeval.inst_strict",)
     """Retained skills checked by the selection rule (``lm_eval:*`` suites' ``score`` are added automatically).
     The paper constrains IFEval's instruction-level strict accuracy (and MATH, HumanEval via lm-eval)."""
+    bootstrap_resamples: int = 2000
+    """Resamples of the items behind every 95% interval (:mod:`disc_ray.evaluation.stats`)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap's generator (recorded in ``eval.json["bootstrap"]``)."""
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
     cache_dir: str | None = None
     """Where the drift reference responses are cached; None: ``disc_ray.models.default_cache_dir()``."""
     vllm: VLLMSettings = dataclasses.field(default_factory=VLLMSettings)
@@ -134,6 +141,8 @@ class EvalConfig:
             raise EvalInputError(f"temperature must be >= 0, got {self.temperature}")
         if min(self.max_new_tokens, self.mcq_max_new_tokens, self.qa_max_new_tokens, self.drift_max_new_tokens) < 1:
             raise EvalInputError("every max_new_tokens setting must be >= 1")
+        if self.bootstrap_resamples < 100 or not 0 < self.confidence < 1:
+            raise EvalInputError("bootstrap_resamples must be >= 100 and confidence in (0, 1)")
         if self.max_drop < 0:
             raise EvalInputError(f"max_drop must be >= 0, got {self.max_drop}")
         if "domain_qa" in self.suites and not self.qa_path:
@@ -144,3 +153,9 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def bootstrap(self):
+        """The :class:`~disc_ray.evaluation.stats.BootstrapSettings` of this run."""
+        from disc_ray.evaluation.stats import BootstrapSettings
+
+        return BootstrapSettings(confidence=self.confidence, n_resamples=self.bootstrap_resamples, seed=self.bootstrap_seed)

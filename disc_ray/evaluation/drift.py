@@ -8,6 +8,9 @@ Then, on the response tokens only (the chat-formatted prompt is context):
 * ``kl``: mean per-token KL(original || adapted), in nats;
 * ``nll``: the adapted model's mean per-token negative log-likelihood, in nats.
 
+Both are kept per prompt (``per_item``: nats summed over the response, weighted by its tokens), so they get
+95% intervals that resample prompts whole, and paired deltas (:mod:`disc_ray.evaluation.stats`).
+
 Both come from :func:`compute_drift`, which reuses the training loss's chunked projection
 (:func:`disc_ray.objectives.chunked_linear_divergence`), so no ``[tokens, vocab]`` tensor is built and
 it can run during training on pre-tokenized batches (:func:`build_drift_batches`) without generating.
@@ -24,9 +27,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from disc_ray.evaluation.config import SUITE_VERSIONS, EvalConfig
+from disc_ray.evaluation.config import SUITE_VERSIONS, EvalConfig, EvalInputError
 from disc_ray.evaluation.data import load_prompts, seeded_subset
 from disc_ray.evaluation.prompts import context_window, encode_pair, fit_pair_to_window
+from disc_ray.evaluation.stats import per_item_table
 from disc_ray.evaluation.suite import SuiteResult
 
 DRIFT_PROMPTS = (
@@ -239,9 +243,29 @@ def run_drift_suite(adapted_model, tokenizer, original: str, cfg: EvalConfig, *,
 
     check_model(adapted_model, tokenizer)  # exact scores, or a ModelCheckError naming what is wrong
     check_model(original_model, tokenizer)
-    batches = build_drift_batches(tokenizer, records, window=context_window(adapted_model))
-    drift = compute_drift(original_model, adapted_model, batches)
-    metrics = dict(kl=drift["drift_kl"], nll=drift["drift_nll"], n=len(records), tokens=drift["drift_tokens"],
+    window = context_window(adapted_model)
+    ids, kl_sums, nll_sums, tokens, empty = [], [], [], [], 0
+    for record in records:  # one prompt at a time: per-prompt sums for the intervals (packed == unpacked, tested)
+        try:
+            batches = build_drift_batches(tokenizer, [record], window=window)
+        except EvalInputError:  # a response that does not fit the window: a clear error, never a skip
+            raise
+        except ValueError:  # the response has no tokens: counted below
+            empty += 1
+            continue
+        drift = compute_drift(original_model, adapted_model, batches)
+        ids.append(record["prompt"])
+        kl_sums.append(drift["drift_kl"] * drift["drift_tokens"])
+        nll_sums.append(drift["drift_nll"] * drift["drift_tokens"])
+        tokens.append(drift["drift_tokens"])
+    if not tokens:
+        raise ValueError("drift: no response tokens to score (every reference response is empty)")
+    total = sum(tokens)
+    # per prompt: nats summed over its response tokens, weighted by its token count, so the score (and the
+    # bootstrap, which resamples prompts whole) is the per-token mean over all response tokens
+    per_item = per_item_table(ids, {"kl": kl_sums, "nll": nll_sums}, weights={"kl": tokens, "nll": tokens})
+    metrics = dict(kl=max(sum(kl_sums) / total, 0.0), nll=sum(nll_sums) / total, n=len(records), tokens=total,
+                   empty_responses_skipped=empty,
                    version=SUITE_VERSIONS["drift"], original=str(original), unit="nats/token",
-                   max_new_tokens=cfg.drift_max_new_tokens, references=str(cache_path))
+                   max_new_tokens=cfg.drift_max_new_tokens, references=str(cache_path), per_item=per_item)
     return SuiteResult(metrics=metrics, samples=records)

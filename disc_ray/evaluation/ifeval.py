@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 from disc_ray.evaluation.backends import GenerationBackend
 from disc_ray.evaluation.config import SUITE_VERSIONS, EvalConfig, EvalInputError
 from disc_ray.evaluation.data import IFEvalItem, file_sha256, load_ifeval, seeded_subset
+from disc_ray.evaluation.stats import per_item_table
 from disc_ray.evaluation.suite import SuiteResult, percent
 
 _UTIL_MODULE = "lm_eval.tasks.ifeval.instructions_util"
@@ -151,7 +152,20 @@ def summarize_ifeval(items: Sequence[IFEvalItem], checks: Sequence[dict]) -> dic
             families[instruction.split(":")[0]][0] += ok
             families[instruction.split(":")[0]][1] += 1
     metrics["inst_strict_by_family"] = {f: percent(hits, total) for f, (hits, total) in sorted(families.items())}
+    metrics["per_item"] = ifeval_per_item(items, checks)
     return metrics
+
+
+def ifeval_per_item(items: Sequence[IFEvalItem], checks: Sequence[dict]) -> dict:
+    """Per prompt (see :mod:`disc_ray.evaluation.stats`): ``prompt_*`` = 100 if every instruction was followed;
+    ``inst_*`` = 100 x instructions followed, weighted by the prompt's instruction count, so the
+    instruction-level score is a ratio over prompts and its bootstrap resamples prompts whole."""
+    values = {
+        "prompt_strict": [100.0 * all(c["strict"]) for c in checks], "prompt_loose": [100.0 * all(c["loose"]) for c in checks],
+        "inst_strict": [100.0 * sum(c["strict"]) for c in checks], "inst_loose": [100.0 * sum(c["loose"]) for c in checks],
+    }
+    counts = [len(c["strict"]) for c in checks]
+    return per_item_table([item.key for item in items], values, weights={"inst_strict": counts, "inst_loose": counts})
 
 
 def run_ifeval_suite(backend: GenerationBackend, cfg: EvalConfig) -> SuiteResult:

@@ -36,6 +36,23 @@ def convert_task_metrics(task_results: dict) -> dict:
     return metrics
 
 
+def stderr_intervals(metrics: dict, z: float = 1.959964) -> dict:
+    """``{metric: [low, high]}`` = value -/+ ``z`` x lm-eval's own stderr (``acc/none`` -> ``acc_stderr/none``;
+    normal approximation, 95%); ``score`` gets its metric's interval. lm-eval keeps no per-item values here, so
+    these tasks get intervals but no paired deltas."""
+    intervals = {}
+    for name, value in metrics.items():
+        base, _, rest = name.partition("/")
+        stderr = metrics.get(f"{base}_stderr" + (f"/{rest}" if rest else ""))
+        if "stderr" in base or name == "score" or not isinstance(stderr, (int, float)) or isinstance(stderr, bool):
+            continue
+        intervals[name] = [value - z * stderr, value + z * stderr]
+    source = next((n for n in metrics if n != "score" and "stderr" not in n and metrics[n] == metrics.get("score")), None)
+    if source in intervals:
+        intervals["score"] = intervals[source]
+    return intervals
+
+
 def run_lm_eval_suite(model_source: str, suite: str, cfg: EvalConfig) -> SuiteResult:
     from disc_ray.models import resolve_model_source
 
@@ -55,6 +72,8 @@ def run_lm_eval_suite(model_source: str, suite: str, cfg: EvalConfig) -> SuiteRe
     if not output or task not in output.get("results", {}):
         raise RuntimeError(f"lm-eval returned no results for task {task!r}")
     metrics = convert_task_metrics(output["results"][task])
+    if intervals := stderr_intervals(metrics):
+        metrics["ci"] = intervals
     metrics.update(n=output.get("n-samples", {}).get(task, {}).get("effective"), version=str(output.get("versions", {}).get(task)),
                    lm_eval_model=model_type)
     return SuiteResult(metrics=metrics)

@@ -109,6 +109,55 @@ def parse_answer_letter(text: str, num_options: int) -> int | None:
     return index if index < num_options else None
 
 
+_BARE_CHOICE = re.compile(r"^\W*\(?([A-Za-z]|\d{1,2})\)?\W*$")
+_LEADING_LETTER = re.compile(r"^\W*\(?([A-Z])(?:\)|[.:])(?:\s|$)")
+_ANSWER_PHRASE = re.compile(r"(?i:answer|option|choice)\s*(?i:is)?\s*:?\s*\(?([A-Z])\)?(?![A-Za-z])")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def _fold(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces (lm-eval's ``ignore_case`` + ``ignore_punctuation``)."""
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+def parse_answer_lenient(text: str, options: Sequence[str]) -> int | None:
+    """The option a response names, read the way lm-eval's flexible extraction (``MultiChoiceRegexFilter``)
+    reads free text; reported beside the strict tag protocol, never instead of it. In order:
+
+    1. the strict ``<answer>X</answer>`` tag (:func:`parse_answer_letter`);
+    2. the whole response is one option's text (case and punctuation ignored);
+    3. the whole response is a bare letter or 1-based number: ``B``, ``(B)``, ``b.``, ``2``;
+    4. it starts with a letter and ``.``/``)``/``:``: ``B. 24``, ``(C) the liver``;
+    5. an answer phrase: ``the answer is C``, ``Answer: (C)``, ``option C``;
+    6. an option's text appears in it: the earliest occurrence, longer options first where they overlap
+       (lm-eval sorts the alternation longest-first so a prefix cannot shadow a longer option).
+
+    Returns the option index, or None when nothing names an option in range."""
+    count = len(options)
+    strict = parse_answer_letter(text, count)
+    if strict is not None:
+        return strict
+    folded_options = [_fold(o) for o in options]
+    folded = _fold(text)
+    if folded and folded in folded_options and folded_options.count(folded) == 1:
+        return folded_options.index(folded)
+    bare = _BARE_CHOICE.match(text.strip())
+    if bare:
+        token = bare.group(1)
+        index = int(token) - 1 if token.isdigit() else LETTERS.index(token.upper())
+        return index if 0 <= index < count else None
+    for pattern in (_LEADING_LETTER, _ANSWER_PHRASE):
+        match = pattern.search(text.strip())
+        if match and LETTERS.index(match.group(1).upper()) < count:
+            return LETTERS.index(match.group(1).upper())
+    order = sorted((o for o in folded_options if o), key=len, reverse=True)
+    if order and folded:
+        found = re.search(r"\b(" + "|".join(re.escape(o) for o in order) + r")\b", folded)
+        if found and folded_options.count(found.group(1)) == 1:
+            return folded_options.index(found.group(1))
+    return None
+
+
 def majority_vote(votes: Sequence[int | None]) -> int | None:
     """The most frequent parsed vote (unparseable samples, None, do not vote); None when nothing parsed or the
     top count is tied. None counts as wrong: ties are wrong, as in the paper's protocol."""

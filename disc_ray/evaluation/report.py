@@ -4,7 +4,10 @@ Each RUN_DIR holds an ``eval.json`` (written by ``jobs/evaluate.py``; a run's mo
 ``eval/`` subfolder works too). The baseline is taken from the runs' ``baseline`` block. Writes
 ``report.md`` (domain score, each retained skill and its drop, drift, eligibility, the selected run)
 and ``tradeoff.png`` (domain score vs retained skill, one point per run, the baseline marked, the
-``max_drop`` threshold drawn).
+``max_drop`` threshold drawn). Every score carries its 95% bootstrap interval, every change vs the
+baseline a PAIRED interval (the same items resampled jointly), and the selection says whether the
+selected run's lead over the runner-up is outside its paired interval (:mod:`disc_ray.evaluation.stats`);
+the plot draws the intervals as error bars.
 
     disc-ray report runs/lr1e-5/eval runs/lr3e-5/eval --out report/ [--max-drop 5]
 """
@@ -18,7 +21,8 @@ from pathlib import Path
 from typing import Sequence
 
 from disc_ray.evaluation.config import EvalConfig, EvalInputError
-from disc_ray.evaluation.selection import RunScores, Selection, run_scores, select_best
+from disc_ray.evaluation.selection import RunScores, Selection, describe_lead, run_scores, select_best
+from disc_ray.evaluation.stats import BootstrapSettings, compare, format_ci
 
 
 def find_eval_json(run_dir: str | Path) -> Path:
@@ -64,42 +68,69 @@ def build_report(records: list[dict], *, max_drop: float | None = None, domain_m
                   file=sys.stderr)
         baseline = run_scores(f"baseline ({Path(str(baselines[0].get('model'))).name})", baselines[0]["suites"],
                               domain_metrics, skill_metrics)
+    settings = BootstrapSettings.from_dict(records[0].get("bootstrap"))
     runs = [run_scores(r["name"], r["suites"], domain_metrics, skill_metrics) for r in records]
-    selection = select_best(runs, baseline, max_drop) if baseline else None
+    selection = select_best(runs, baseline, max_drop, settings) if baseline else None
     drift = {r["name"]: r["suites"].get("drift", {}) for r in records}
-    return dict(runs=runs, baseline=baseline, selection=selection, max_drop=max_drop, drift=drift,
+    domain_change = {}
+    if baseline is not None and baseline.domain_items is not None:
+        domain_change = {run.name: compare(run.domain_items, baseline.domain_items, settings) for run in runs
+                         if run.domain_items is not None}
+    return dict(runs=runs, baseline=baseline, selection=selection, max_drop=max_drop, drift=drift, bootstrap=settings,
+                domain_change=domain_change,
                 skill_names=list(baseline.skills) if baseline else sorted({s for run in runs for s in run.skills}))
 
 
 def format_report_markdown(report: dict) -> str:
+    """The runs' table: scores with 95% intervals, changes vs the baseline with paired intervals (``*``: the
+    interval excludes 0), drift, eligibility; then the selection and whether its lead is outside the interval."""
     runs: list[RunScores] = report["runs"]
     baseline: RunScores | None = report["baseline"]
     selection: Selection | None = report["selection"]
     skills = report["skill_names"]
     domain_metric = next((r.domain_metric for r in runs if r.domain_metric), "domain")
-    header = ["run", f"domain ({domain_metric})"] + [f"{s}" for s in skills] + ["drift KL", "drift NLL"]
+    header = ["run", f"domain ({domain_metric}) [95% CI]"] + (["domain change [paired CI]"] if report["domain_change"] else [])
+    header += [f"{s} (change [paired CI])" for s in skills] + ["drift KL", "drift NLL"]
     if selection:
         header += ["eligible", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+
+    def change_cell(comparison: dict | None, sign: float = 1.0) -> str:
+        if comparison is None:
+            return ""
+        ci = sorted(sign * x + 0.0 for x in comparison["ci"])  # + 0.0: no "-0.00"
+        return format_ci(sign * comparison["delta"] + 0.0, ci, signed=True) + (" *" if comparison["outside"] else "")
+
     if baseline:
-        lines.append("| " + " | ".join([f"*{baseline.name}*", fmt(baseline.domain)] + [fmt(baseline.skills.get(s)) for s in skills]
-                                       + ["0", "-"] + (["(baseline)", ""] if selection else [])) + " |")
+        row = [f"*{baseline.name}*", format_ci(baseline.domain, baseline.domain_ci)] + (["0"] if report["domain_change"] else [])
+        row += [format_ci(baseline.skills.get(s), baseline.skill_cis.get(s)) for s in skills]
+        lines.append("| " + " | ".join(row + ["0", "-"] + (["(baseline)", ""] if selection else [])) + " |")
     for run in runs:
         drift = report["drift"].get(run.name, {})
-        cells = [f"**{run.name}** (selected)" if selection and selection.best == run.name else run.name, fmt(run.domain)]
+        cells = [f"**{run.name}** (selected)" if selection and selection.best == run.name else run.name,
+                 format_ci(run.domain, run.domain_ci)]
+        if report["domain_change"]:
+            cells.append(change_cell(report["domain_change"].get(run.name)) or "-")
         for skill in skills:
-            value = run.skills.get(skill)
-            drop = selection.verdict(run.name).drops.get(skill) if selection else None
-            cells.append(fmt(value) + (f" ({-drop:+.2f})" if drop is not None else ""))
+            verdict = selection.verdict(run.name) if selection else None
+            drop = verdict.drops.get(skill) if verdict else None
+            paired = change_cell(verdict.drop_cis.get(skill), sign=-1.0) if verdict else ""
+            change = paired or (f"{-drop:+.2f}" if drop is not None else "")
+            cells.append(format_ci(run.skills.get(skill), run.skill_cis.get(skill)) + (f" ({change})" if change else ""))
         cells += [fmt(drift.get("kl"), 4), fmt(drift.get("nll"), 4)]
         if selection:
             verdict = selection.verdict(run.name)
             cells += ["yes" if verdict.eligible else "no", verdict.reason]
         lines.append("| " + " | ".join(cells) + " |")
+    boot = report["bootstrap"]
+    lines += ["", f"Intervals: {100 * boot.confidence:g}% bootstrap over items ({boot.n_resamples} resamples, seed {boot.seed}); "
+              "changes are paired (the same items of both runs resampled jointly); `*`: the interval excludes 0."]
     if selection:
         lines += ["", f"Selection rule: best domain score with at most {report['max_drop']:g} points drop on each retained skill "
                   f"-> **{selection.best or 'no run qualifies'}**."]
+        if selection.best:
+            lines.append(describe_lead(selection.lead, "nats/byte" if domain_metric.endswith("margin") else "points"))
     return "\n".join(lines) + "\n"
 
 
@@ -121,17 +152,30 @@ def plot_tradeoff(report: dict, path: str | Path) -> Path:
         changes = [scores.skills[s] - baseline.skills[s] for s in skills if s in scores.skills]
         return min(changes) if len(changes) == len(skills) else None
 
+    def x_interval(scores: RunScores) -> tuple[float, float] | None:
+        """Single skill: the score's interval; several: the paired interval of the worst change."""
+        if single:
+            return scores.skill_cis.get(skills[0]) if skills else None
+        if selection is None or scores is baseline:
+            return None
+        verdict = selection.verdict(scores.name)
+        worst = max(verdict.drops, key=verdict.drops.get, default=None)
+        paired = verdict.drop_cis.get(worst) if worst else None
+        return None if paired is None else (-paired["ci"][1], -paired["ci"][0])
+
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     for run in runs:
         x, y = x_of(run), run.domain
         if x is None or y is None:
             continue
         chosen = selection is not None and selection.best == run.name
+        draw_error_bars(ax, x, y, x_interval(run), run.domain_ci, colour="tab:green" if chosen else "tab:blue")
         ax.scatter([x], [y], s=60 if chosen else 36, c="tab:green" if chosen else "tab:blue", zorder=3,
                    edgecolors="black" if chosen else "none")
         ax.annotate(run.name + (" (selected)" if chosen else ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if baseline is not None and x_of(baseline) is not None and baseline.domain is not None:
         bx = x_of(baseline)
+        draw_error_bars(ax, bx, baseline.domain, x_interval(baseline), baseline.domain_ci, colour="tab:red")
         ax.scatter([bx], [baseline.domain], marker="*", s=220, c="tab:red", zorder=4, label=baseline.name)
         ax.axvline(bx - max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"skill drop = {max_drop:g} points")
         ax.legend(loc="best", fontsize=8)
@@ -139,7 +183,7 @@ def plot_tradeoff(report: dict, path: str | Path) -> Path:
     ax.set_xlabel(f"{skill_label} (points)")
     domain_metric = next((r.domain_metric for r in runs if r.domain_metric), "domain score")
     ax.set_ylabel(f"{domain_metric} (points)")
-    ax.set_title("Domain knowledge vs retained skill")
+    ax.set_title("Domain knowledge vs retained skill (error bars: 95% intervals)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -147,6 +191,17 @@ def plot_tradeoff(report: dict, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def draw_error_bars(ax, x: float, y: float, x_ci, y_ci, *, colour: str) -> None:
+    """95% intervals as error bars around ``(x, y)`` (either may be None); shared by the report and sweep plots."""
+    def err(centre, ci):
+        return None if ci is None else [[max(centre - ci[0], 0.0)], [max(ci[1] - centre, 0.0)]]
+
+    if x_ci is None and y_ci is None:
+        return
+    ax.errorbar([x], [y], xerr=err(x, x_ci), yerr=err(y, y_ci), fmt="none", ecolor=colour, elinewidth=1, capsize=3,
+                alpha=0.6, zorder=2)
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, max_drop: float | None = None) -> dict:

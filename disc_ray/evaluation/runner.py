@@ -5,9 +5,12 @@
     disc-ray evaluate ...   (same options)
 
 ``eval.json``: ``{"model", "name", "backend", "seed", "suites": {suite: metrics}, "baseline": {"model",
-"suites"}, "deltas": {suite: {metric: model - baseline}}, "summary": {...}, "selection": {...}, "config",
-"versions", "timing_s"}``; scores in points (0-100), drift in nats/token. Per-item records go to
-``samples/<suite>.jsonl``. Bad inputs (missing file, malformed row, model without tokenizer) stop the
+"suites"}, "deltas": {suite: {metric: model - baseline}}, "delta_ci": {suite: {metric: {"delta", "ci", "n",
+"outside"}}}, "bootstrap": {...}, "summary": {...}, "selection": {...}, "config", "versions", "timing_s"}``;
+scores in points (0-100), drift in nats/token. Each suite's metrics carry ``ci`` (95% bootstrap interval
+per score) and ``per_item`` (the per-item values behind them, for paired comparisons);
+``delta_ci`` holds the PAIRED bootstrap interval of each delta (items resampled jointly), see
+:mod:`disc_ray.evaluation.stats`. Per-item records go to ``samples/<suite>.jsonl``. Bad inputs (missing file, malformed row, model without tokenizer) stop the
 run before any model is loaded, with one ``error:`` line and exit code 2.
 """
 
@@ -24,10 +27,13 @@ from disc_ray.evaluation.config import (BACKENDS, BUILTIN_SUITES, LM_EVAL_PREFIX
                                         EvalInputError, VLLMSettings)
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.selection import judge, run_scores
+from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites, format_ci
 from disc_ray.evaluation.suite import SuiteResult
 
 GENERATION_SUITES = ("domain_mcq", "domain_qa", "ifeval")
 _NOT_SCORES = {"n", "n_instructions", "tokens", "max_new_tokens", "n_samples", "temperature", "version"}
+_GROUPS = ("by_kind",)
+"""Nested sub-scores shown as ``by_kind.<kind>.<metric>`` rows."""
 
 
 def log(message: str) -> None:
@@ -112,11 +118,13 @@ def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None)
         for suite in generation:
             started = time.perf_counter()
             results[suite] = run_builtin_suite(suite, backend, cfg)
+            attach_intervals(results[suite].metrics, cfg.bootstrap())
             timing[suite] = time.perf_counter() - started
             log(f"{model}: {suite}: {headline(suite, results[suite].metrics)} ({timing[suite]:.1f} s)")
         if "drift" in cfg.suites:
             started = time.perf_counter()
             results["drift"] = run_drift(model, cfg, original=original, backend=backend)
+            attach_intervals(results["drift"].metrics, cfg.bootstrap())
             timing["drift"] = time.perf_counter() - started
             log(f"{model}: drift: {headline('drift', results['drift'].metrics)} ({timing['drift']:.1f} s)")
     finally:
@@ -175,7 +183,7 @@ def run_drift(model: str, cfg: EvalConfig, *, original: str | None, backend) -> 
 
 
 def headline(suite: str, metrics: dict) -> str:
-    keys = {"domain_mcq": ("accuracy_ll", "accuracy_ll_norm", "accuracy_gen"), "domain_qa": ("exact_match", "contains"),
+    keys = {"domain_mcq": ("prob_correct", "accuracy_ll", "accuracy_ll_norm", "accuracy_gen", "accuracy_gen_lenient"), "domain_qa": ("exact_match", "contains"),
             "ifeval": ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose"), "drift": ("kl", "nll")}[suite]
     return ", ".join(f"{k} {metrics[k]:.3g}" for k in keys if k in metrics) + f" (n={metrics.get('n')})"
 
@@ -237,18 +245,21 @@ def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_di
     results, timing["model"], backend_stats = evaluate_suites(model, cfg, original=original)
     samples.update({s: r.samples for s, r in results.items()})
     suites = {s: r.metrics for s, r in results.items()}
-    record = dict(model=model, name=name or run_name(model), backend=cfg.backend, seed=cfg.seed, suites=suites)
+    record = dict(model=model, name=name or run_name(model), backend=cfg.backend, seed=cfg.seed, suites=suites,
+                  bootstrap=cfg.bootstrap().as_dict())
     scores = run_scores(record["name"], suites, cfg.domain_metrics, cfg.skill_metrics)
-    record["summary"] = dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills))
+    record["summary"] = dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills),
+                             domain_ci=scores.domain_ci)
     if baseline_record:
         record["baseline"] = baseline_record
         record["deltas"] = compute_deltas(suites, baseline_record["suites"])
+        record["delta_ci"] = compare_suites(suites, baseline_record["suites"], cfg.bootstrap())
         base_scores = run_scores("baseline", baseline_record["suites"], cfg.domain_metrics, cfg.skill_metrics)
-        verdict = judge(scores, base_scores, cfg.max_drop)
+        verdict = judge(scores, base_scores, cfg.max_drop, cfg.bootstrap())
         record["selection"] = dict(rule=f"best domain score with at most {cfg.max_drop:g} points drop on each retained skill",
                                    max_drop=cfg.max_drop, eligible=verdict.eligible, reason=verdict.reason,
-                                   skill_drops=dict(verdict.drops), baseline_domain_score=base_scores.domain,
-                                   baseline_skills=dict(base_scores.skills))
+                                   skill_drops=dict(verdict.drops), skill_drop_ci=dict(verdict.drop_cis),
+                                   baseline_domain_score=base_scores.domain, baseline_skills=dict(base_scores.skills))
     record.update(config=cfg.to_dict(), versions=package_versions(), timing_s=timing, generation_stats=backend_stats)
     write_outputs(record, samples, out_dir)
     return record
@@ -257,31 +268,52 @@ def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_di
 # --------------------------------------------------------------------------- outputs
 
 
-def _fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+def score_rows(metrics: dict):
+    """``(name, value, ci)`` for every score of a suite: top-level numbers, then ``by_kind.<kind>.<metric>``."""
+    def numeric(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    cis = metrics.get("ci", {})
+    for key, value in metrics.items():
+        if key not in _NOT_SCORES and numeric(value):
+            yield key, value, cis.get(key)
+    for group in _GROUPS:
+        for label, sub in (metrics.get(group) or {}).items():
+            for key, value in sub.items():
+                if key not in _NOT_SCORES and numeric(value):
+                    yield f"{group}.{label}.{key}", value, sub.get("ci", {}).get(key)
 
 
 def format_markdown(record: dict) -> str:
-    """One table: every top-level score of every suite, with the baseline and the delta when present."""
+    """One table: every score of every suite with its 95% interval, and, with a baseline, the baseline's
+    score and the delta with its PAIRED interval (``*`` marks a delta whose interval excludes 0)."""
     baseline = record.get("baseline", {}).get("suites", {})
-    header = ["suite", "metric", record["name"]] + (["baseline", "delta"] if baseline else [])
+    boot = record.get("bootstrap") or {}
+    level = f"{100 * boot.get('confidence', 0.95):g}%"
+    header = ["suite", "metric", f"{record['name']} [{level} CI]"] + (["baseline", f"delta [paired {level} CI]"] if baseline else [])
     lines = [f"# Evaluation of `{record['model']}`", "",
-             f"backend `{record['backend']}`, seed {record['seed']}; scores in points (0-100), drift in nats/token.", "",
+             f"backend `{record['backend']}`, seed {record['seed']}; scores in points (0-100), `margin` in nats/byte, "
+             "drift in nats/token.",
+             f"Intervals: {level} bootstrap over items ({boot.get('n_resamples', '-')} resamples, {boot.get('method', 'percentile')}, "
+             f"seed {boot.get('seed', '-')}); deltas resample the items of both runs jointly. `*`: the delta's interval "
+             f"excludes 0 (claimed from {MIN_ITEMS_FOR_CLAIM} shared items up; fewer items give too narrow intervals).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for suite, metrics in record["suites"].items():
-        for key, value in metrics.items():
-            if key in _NOT_SCORES or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            digits = 4 if suite == "drift" else 2
-            row = [suite, key, _fmt(value, digits)]
+        base_rows = {k: (v, ci) for k, v, ci in score_rows(baseline.get(suite, {}))} if baseline else {}
+        paired = record.get("delta_ci", {}).get(suite, {})
+        for key, value, ci in score_rows(metrics):
+            digits = 4 if suite == "drift" or key.endswith("margin") else 2
+            row = [suite, key, format_ci(float(value), ci, digits)]
             if baseline:
-                delta = record.get("deltas", {}).get(suite, {}).get(key)
-                signed = "-" if delta is None else ("+" if delta >= 0 else "") + _fmt(delta, digits)
-                row += [_fmt(baseline.get(suite, {}).get(key), digits), signed]
+                base_value, base_ci = base_rows.get(key, (None, None))
+                comparison = paired.get(key)
+                if comparison is not None:
+                    delta = format_ci(comparison["delta"], comparison["ci"], digits, signed=True)
+                    delta += " *" if comparison["outside"] else ""
+                else:
+                    point = record.get("deltas", {}).get(suite, {}).get(key)
+                    delta = "-" if point is None else format_ci(point, None, digits, signed=True)
+                row += [format_ci(None if base_value is None else float(base_value), base_ci, digits), delta]
             lines.append("| " + " | ".join(row) + " |")
         lines.append(f"| {suite} | n | {metrics.get('n')} |" + (" | |" if baseline else ""))
     selection = record.get("selection")
@@ -334,6 +366,9 @@ def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--drift-max-new-tokens", type=int, default=defaults.drift_max_new_tokens)
     p.add_argument("--max-drop", type=float, default=defaults.max_drop, help="selection rule's D (points)")
     p.add_argument("--skill-metrics", default=",".join(defaults.skill_metrics))
+    p.add_argument("--bootstrap-resamples", type=int, default=defaults.bootstrap_resamples,
+                   help="resamples behind every 95%% interval (default %(default)s)")
+    p.add_argument("--bootstrap-seed", type=int, default=defaults.bootstrap_seed, help="seed of the intervals' bootstrap")
     p.add_argument("--tensor-parallel-size", type=int, default=VLLMSettings().tensor_parallel_size)
     p.add_argument("--max-model-len", type=int, default=VLLMSettings().max_model_len)
     p.add_argument("--gpu-memory-utilization", type=float, default=VLLMSettings().gpu_memory_utilization)
@@ -357,7 +392,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         mcq_max_new_tokens=args.mcq_max_new_tokens, qa_path=args.qa_path, ifeval_path=args.ifeval_path,
         max_new_tokens=args.max_new_tokens, drift_prompts_path=args.drift_prompts, drift_num_prompts=args.drift_num_prompts,
         drift_max_new_tokens=args.drift_max_new_tokens, max_drop=args.max_drop, skill_metrics=_split(args.skill_metrics),
-        cache_dir=args.cache_dir, vllm=vllm,
+        cache_dir=args.cache_dir, vllm=vllm, bootstrap_resamples=args.bootstrap_resamples,
+        bootstrap_seed=args.bootstrap_seed,
     )
 
 

@@ -109,7 +109,8 @@ def _evaluate_original(model_source: str, eval_cfg, drift_prompts_limit: int | N
     scores = run_scores("original", suites, eval_cfg.domain_metrics, eval_cfg.skill_metrics)
     record = dict(model=model_source, name="original", backend=eval_cfg.backend, seed=eval_cfg.seed, suites=suites,
                   summary=dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills)),
-                  config=eval_cfg.to_dict(), versions=package_versions(), timing_s={"original": timing})
+                  config=eval_cfg.to_dict(), versions=package_versions(), timing_s={"original": timing},
+                  bootstrap=eval_cfg.bootstrap().as_dict())
     samples = {s: r.samples for s, r in results.items()}
     references, _ = reference_responses(model_source, drift_prompts(eval_cfg), max_new_tokens=eval_cfg.drift_max_new_tokens,
                                         cfg=eval_cfg)
@@ -283,8 +284,8 @@ def trial_records(results, sweep: Sweep) -> list:
             record.drift_kl, record.drift_nll = metrics.get("drift_kl"), metrics.get("drift_nll")
             record.model_dir = metrics.get("model_dir")
             rescored = _scores_from_eval_json(record.model_dir, sweep)
-            if rescored is not None:
-                record.domain, record.domain_metric, record.skills = rescored.domain, rescored.domain_metric, dict(rescored.skills)
+            if rescored is not None:  # with the intervals and per-item values the paired comparisons need
+                record.take_scores(rescored)
         else:
             record.note = _stop_note(sweep, metrics)
         if record.status != "completed":
@@ -303,7 +304,7 @@ def select_and_write(sweep: Sweep, results, baseline_dir: Path) -> dict:
     cfg = sweep.evaluation
     baseline = run_scores("original", baseline_record["suites"], cfg.domain_metrics, cfg.skill_metrics)
     records = trial_records(results, sweep)
-    selection = select_trials(records, baseline, sweep.selection)
+    selection = select_trials(records, baseline, sweep.selection, cfg.bootstrap())
     selected_cfg = None
     if selection.best is not None:
         selected = next(r for r in records if r.selected)

@@ -11,7 +11,11 @@
 
     records = [TrialRecord("t0", {"train.lr": 1e-5}, "completed", domain=61.0, skills={"ifeval.inst_strict": 40.0}), ...]
     outcome = select_trials(records, baseline, SelectionSpec(max_drop=5))
-    outcome.best, outcome.pareto
+    outcome.best, outcome.pareto, outcome.lead
+
+With per-item values (read from each trial's ``eval.json``), every trial's drops get paired 95% intervals
+and ``outcome.lead`` says whether the selected trial's domain lead over the runner-up (the next eligible
+trial by the rule's order) is outside its paired interval (:mod:`disc_ray.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-from disc_ray.evaluation.selection import RunScores, judge
+from disc_ray.evaluation.selection import RunScores, judge, lead_over
+from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapSettings, ItemValues
 from disc_ray.tuning.space import SelectionSpec
 
 DRIFT_UNIT = 0.01
@@ -45,8 +50,15 @@ class TrialRecord:
     steps: int | None = None
     model_dir: str | None = None
     note: str = ""
+    domain_ci: tuple | None = None
+    """95% bootstrap interval of ``domain`` (points), when the trial's eval.json records one."""
+    skill_cis: dict = dataclasses.field(default_factory=dict)
+    domain_items: ItemValues | None = dataclasses.field(default=None, repr=False, compare=False)
+    skill_items: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     # filled by select_trials
     drops: dict = dataclasses.field(default_factory=dict)
+    drop_cis: dict = dataclasses.field(default_factory=dict)
+    """Per retained metric: baseline minus trial with its paired interval (``delta``, ``ci``, ``n``, ``outside``)."""
     eligible: bool = False
     reason: str = ""
     score: float | None = None
@@ -55,7 +67,14 @@ class TrialRecord:
     selected: bool = False
 
     def scores(self) -> RunScores:
-        return RunScores(self.trial_id, self.domain, self.domain_metric, dict(self.skills))
+        return RunScores(self.trial_id, self.domain, self.domain_metric, dict(self.skills), domain_ci=self.domain_ci,
+                         skill_cis=dict(self.skill_cis), domain_items=self.domain_items, skill_items=dict(self.skill_items))
+
+    def take_scores(self, scores: RunScores) -> None:
+        """Domain and skill scores, intervals and per-item values from :func:`~disc_ray.evaluation.selection.run_scores`."""
+        self.domain, self.domain_metric, self.skills = scores.domain, scores.domain_metric, dict(scores.skills)
+        self.domain_ci, self.skill_cis = scores.domain_ci, dict(scores.skill_cis)
+        self.domain_items, self.skill_items = scores.domain_items, dict(scores.skill_items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +84,7 @@ class Judgement:
     drops: Mapping[str, float]
     score: float | None
     """What a model-based searcher maximizes (see SelectionSpec.penalty_per_point)."""
+    drop_cis: Mapping[str, dict] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -73,6 +93,9 @@ class SweepSelection:
     rule: str
     description: str
     records: list[TrialRecord]
+    lead: dict | None = None
+    """The selected trial's domain lead over the runner-up with its paired interval (see
+    :attr:`disc_ray.evaluation.selection.Selection.lead`); None without a runner-up or per-item values."""
 
 
 def describe_rule(spec: SelectionSpec) -> str:
@@ -84,10 +107,10 @@ def describe_rule(spec: SelectionSpec) -> str:
 
 
 def judge_trial(scores: RunScores, baseline: RunScores, drift_kl: float | None, drift_nll: float | None,
-                spec: SelectionSpec) -> Judgement:
+                spec: SelectionSpec, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Judgement:
     """Eligibility, reason, per-metric drops (baseline - trial) and the searcher's score of one evaluated trial."""
-    verdict = judge(scores, baseline, spec.max_drop)
-    drops = dict(verdict.drops)
+    verdict = judge(scores, baseline, spec.max_drop, settings)
+    drops, cis = dict(verdict.drops), dict(verdict.drop_cis)
     if spec.rule == "weighted":
         values, missing = {}, []
         for name in spec.weights:
@@ -101,9 +124,9 @@ def judge_trial(scores: RunScores, baseline: RunScores, drift_kl: float | None, 
                 missing.append(name)
             values[name] = value
         if missing:
-            return Judgement(False, f"missing {', '.join(missing)}", drops, None)
+            return Judgement(False, f"missing {', '.join(missing)}", drops, None, cis)
         score = sum(spec.weights[name] * values[name] for name in spec.weights)
-        return Judgement(True, f"score {score:.3f}", drops, score)
+        return Judgement(True, f"score {score:.3f}", drops, score, cis)
     eligible, reason = verdict.eligible, verdict.reason
     drift_excess = 0.0
     if spec.max_drift_kl is not None:
@@ -114,10 +137,10 @@ def judge_trial(scores: RunScores, baseline: RunScores, drift_kl: float | None, 
             if eligible:
                 eligible, reason = False, f"drift KL {drift_kl:.4f} > {spec.max_drift_kl:g} nats/token"
     if scores.domain is None:
-        return Judgement(False, reason, drops, None)
+        return Judgement(False, reason, drops, None, cis)
     excess_points = sum(max(0.0, drop - spec.max_drop) for drop in drops.values())
     score = scores.domain - spec.penalty_per_point * (excess_points + drift_excess / DRIFT_UNIT)
-    return Judgement(eligible, reason, drops, scores.domain if eligible else score)
+    return Judgement(eligible, reason, drops, scores.domain if eligible else score, cis)
 
 
 def retention_of(record: TrialRecord, baseline: RunScores) -> float | None:
@@ -140,7 +163,8 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
     return front
 
 
-def select_trials(records: list[TrialRecord], baseline: RunScores, spec: SelectionSpec) -> SweepSelection:
+def select_trials(records: list[TrialRecord], baseline: RunScores, spec: SelectionSpec,
+                  settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> SweepSelection:
     """Judge every trial, mark the Pareto front and the selected trial (in place); returns the outcome."""
     for record in records:
         record.eligible, record.selected, record.pareto, record.score = False, False, False, None
@@ -148,9 +172,10 @@ def select_trials(records: list[TrialRecord], baseline: RunScores, spec: Selecti
             record.reason = record.note or record.status
             record.retention = None
             continue
-        judgement = judge_trial(record.scores(), baseline, record.drift_kl, record.drift_nll, spec)
+        judgement = judge_trial(record.scores(), baseline, record.drift_kl, record.drift_nll, spec, settings)
         record.eligible, record.reason, record.drops, record.score = (judgement.eligible, judgement.reason,
                                                                       dict(judgement.drops), judgement.score)
+        record.drop_cis = dict(judgement.drop_cis)
         record.retention = retention_of(record, baseline)
     points = {r.trial_id: (r.retention, r.domain) for r in records
               if r.status == "completed" and r.retention is not None and r.domain is not None}
@@ -159,9 +184,11 @@ def select_trials(records: list[TrialRecord], baseline: RunScores, spec: Selecti
         record.pareto = record.trial_id in front
     eligible = [r for r in records if r.eligible]
     if spec.rule == "weighted":
-        best = min(eligible, key=lambda r: (-r.score, r.trial_id), default=None)
+        order = sorted(eligible, key=lambda r: (-r.score, r.trial_id))
     else:
-        best = min(eligible, key=lambda r: (-r.domain, max(r.drops.values(), default=0.0), r.trial_id), default=None)
+        order = sorted(eligible, key=lambda r: (-r.domain, max(r.drops.values(), default=0.0), r.trial_id))
+    best = order[0] if order else None
     if best is not None:
         best.selected = True
-    return SweepSelection(best.trial_id if best else None, spec.rule, describe_rule(spec), records)
+    lead = lead_over(order[0].scores(), order[1].scores(), settings) if len(order) > 1 else None
+    return SweepSelection(best.trial_id if best else None, spec.rule, describe_rule(spec), records, lead)
