@@ -12,14 +12,15 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from disc_ray.config import AdaptConfig, ConfigError, dump_config, load_config
+from disc_ray.config import AdaptConfig, ConfigError, dump_config, format_config_help, load_config
 
 USAGE_ERRORS = (ConfigError, FileNotFoundError, ValueError)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="adapt", description="Adapt a model to a corpus with DiSC on Ray. Any config key is an option: --train.lr 1e-5.")
+        prog="adapt", description="Adapt a model to a corpus with DiSC on Ray. Any config key is an option: --train.lr 1e-5.",
+        epilog=format_config_help(AdaptConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--verbose", action="store_true",

@@ -8,6 +8,7 @@ invalid value raises :class:`ConfigError` whose message names the key (``train.l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -97,6 +98,31 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def unknown_key_error(full: str, key: str, names: list[str], prefix: str, what: str = "") -> ConfigError:
+    """``unknown config key 'train.lrr' (did you mean 'train.lr'?); valid keys here: ...`` (``what``: a prefix such as ``space: ``)."""
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+    return ConfigError(f"{what}unknown config key '{full}'{hint}; valid keys here: {', '.join(names)}")
+
+
+def field_type(cls, key: str, what: str = ""):
+    """The annotation of a dotted leaf key of config dataclass ``cls`` (``train.lr`` -> float).
+
+    Raises ConfigError (with a did-you-mean) for an unknown key, a key under a leaf, or a whole section."""
+    parts, prefix = key.split("."), ""
+    for part in parts:
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"{what}'{key}' is not a config key ('{prefix}' has no sub-keys)")
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        if part not in names:
+            raise unknown_key_error(key, part, names, prefix, what)
+        prefix = f"{prefix}.{part}" if prefix else part
+        cls = _field_types(cls)[part]
+    if dataclasses.is_dataclass(cls):
+        raise ConfigError(f"{what}'{key}' is a config section; use one of its keys ({key}.<key>)")
+    return cls
+
+
 def build_dataclass(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a (nested) dict, rejecting unknown keys and running ``__post_init__`` validation."""
     hints = _field_types(cls)
@@ -105,9 +131,7 @@ def build_dataclass(cls: type[T], values: dict[str, Any], prefix: str = "") -> T
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {', '.join(names)}")
+            raise unknown_key_error(full, key, names, prefix)
         kwargs[key] = _coerce(value, hints[key], full)
     try:
         return cls(**kwargs)
@@ -152,11 +176,35 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+def apply_dotted(values: dict, updates: dict) -> dict:
+    """A deep copy of nested ``values`` with nested or ``{"train.lr": 1e-5}``-style dotted ``updates`` applied."""
+    merged = copy.deepcopy(values)
+    for dotted, value in updates.items():
+        if isinstance(value, dict) and "." not in dotted and isinstance(merged.get(dotted), dict):
+            merged[dotted] = apply_dotted(merged[dotted], value)
+            continue
+        target = merged
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = value
     return merged
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """A YAML file holding a mapping; ConfigError (one line, naming ``what`` and the path) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return loaded
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -165,20 +213,57 @@ def to_dict(cfg) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """YAML file (optional) + CLI overrides -> a validated ``cls`` instance."""
-    values: dict[str, Any] = {}
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+    values = read_yaml_mapping(path) if path else {}
+    return build_dataclass(cls, apply_dotted(values, parse_overrides(overrides or [])))
+
+
+def _attribute_docstrings(cls) -> dict[str, str]:
+    """The string literal written under each field of a dataclass (``x: int = 1`` then ``\"\"\"doc\"\"\"``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        values = loaded
-    values = _merge(values, parse_overrides(overrides or []))
-    return build_dataclass(cls, values)
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
+                    and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def describe_config(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every key of a config dataclass, nested sections flattened: ``(dotted key, type, default, docstring)``."""
+    rows = []
+    types_, docs, default = _field_types(cls), _attribute_docstrings(cls), cls()
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        annotation, value = types_[field.name], getattr(default, field.name)
+        if dataclasses.is_dataclass(annotation):
+            rows += describe_config(annotation, f"{prefix}{field.name}.")
+            continue
+        type_name = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+        rows.append((f"{prefix}{field.name}", type_name or str(annotation).replace("typing.", ""), repr(value),
+                     docs.get(field.name, "")))
+    return rows
+
+
+def format_config_help(cls) -> str:
+    """``--help`` text listing every key of ``cls`` with its type, default and docstring, one section per block."""
+    lines, section = ["config keys (--section.key VALUE or --section.key=VALUE; a YAML file with --config):"], None
+    for key, type_name, default, doc in describe_config(cls):
+        head = key.split(".")[0] if "." in key else ""
+        if head != section:
+            section = head
+            lines.append(f"\n  {section or 'top level'}:")
+        lines.append(f"    --{key} {type_name} (default {default})" + (f"\n        {doc}" if doc else ""))
+    return "\n".join(lines)
 
 
 def dump_config(cfg, path: str | Path) -> None:
@@ -274,7 +359,7 @@ class WorkersConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSettings:
+class RunConfig:
     """Where the run lives: checkpoints and metrics under ``storage_path/name``, the exported model in ``output_dir``."""
 
     name: str = "disc-adapt"
@@ -328,4 +413,4 @@ class AdaptConfig:
     objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     workers: WorkersConfig = dataclasses.field(default_factory=WorkersConfig)
-    run: RunSettings = dataclasses.field(default_factory=RunSettings)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)

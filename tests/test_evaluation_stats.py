@@ -13,11 +13,11 @@ from disc_ray.evaluation.data import MCQItem
 from disc_ray.evaluation.mcq import continuous_scores, summarize_mcq
 from disc_ray.evaluation.prompts import parse_answer_lenient
 from disc_ray.evaluation.selection import RunScores, describe_lead, run_scores, select_best
-from disc_ray.evaluation.stats import (BootstrapSettings, ItemValues, attach_intervals, bootstrap_interval, compare,
+from disc_ray.evaluation.stats import (BootstrapConfig, ItemValues, attach_intervals, bootstrap_interval, compare,
                                        compare_suites, paired_delta_interval, per_item_table, suite_items,
                                        unpaired_delta_interval)
 
-SETTINGS = BootstrapSettings(n_resamples=4000, seed=3)
+SETTINGS = BootstrapConfig(n_resamples=4000, seed=3)
 
 
 def _bernoulli(n: int, p: float, seed: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_interval_shrinks_with_more_items_and_is_fixed_by_the_seed():
     assert bootstrap_interval(_bernoulli(50, 0.5, seed=2), settings=SETTINGS) == small
     continuous = np.random.default_rng(3).uniform(0, 100, 50)  # 0/1 items land on a grid; these do not
     first = bootstrap_interval(continuous, settings=SETTINGS)
-    other_seed = bootstrap_interval(continuous, settings=BootstrapSettings(n_resamples=4000, seed=4))
+    other_seed = bootstrap_interval(continuous, settings=BootstrapConfig(n_resamples=4000, seed=4))
     assert other_seed != first and other_seed[1] - other_seed[0] == pytest.approx(first[1] - first[0], rel=0.2)
 
 
@@ -259,7 +259,7 @@ def test_sweep_tables_carry_intervals_and_the_selected_trials_lead(tmp_path):
 
     from disc_ray.tuning.outputs import write_outputs
     from disc_ray.tuning.selection import TrialRecord, select_trials
-    from disc_ray.tuning.space import SelectionSpec
+    from disc_ray.tuning.space import SelectionConfig
 
     rng = np.random.default_rng(9)
     base = rng.uniform(10, 80, 80)
@@ -274,7 +274,7 @@ def test_sweep_tables_carry_intervals_and_the_selected_trials_lead(tmp_path):
         record = TrialRecord(trial_id, {"train.lr": 1e-4}, "completed", drift_kl=0.01)
         record.take_scores(run_scores(trial_id, _suites(list(base + gain + rng.normal(0, 1, 80)), hurt), *metrics))
         records.append(record)
-    selection = select_trials(records, baseline, SelectionSpec(max_drop=5), SETTINGS)
+    selection = select_trials(records, baseline, SelectionConfig(max_drop=5), SETTINGS)
     assert selection.best == "a" and selection.lead["runner_up"] == "b" and selection.lead["outside"]
     c = next(r for r in records if r.trial_id == "c")
     assert c.drop_cis["ifeval.inst_strict"]["delta"] == pytest.approx(25.0) and c.drop_cis["ifeval.inst_strict"]["outside"]

@@ -112,11 +112,11 @@ def test_matched_retention_compares_each_methods_best_run_within_the_budget(tmp_
     use a small LR) outside the paired interval; at <= 5 ft's 1e-4 run (-3.75) is allowed and the gap closes."""
     import numpy as np
 
-    from disc_ray.evaluation.stats import BootstrapSettings
+    from disc_ray.evaluation.stats import BootstrapConfig
     from disc_ray.reproduce import comparison_text, plot, run_rows, write_tables
     from disc_ray.tuning.selection import TrialRecord
 
-    settings = BootstrapSettings()
+    settings = BootstrapConfig()
     rng = np.random.default_rng(0)
     base = list(rng.uniform(15, 45, 48))
     followed = [100.0] * 40 + [0.0] * 40

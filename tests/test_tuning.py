@@ -19,7 +19,7 @@ import yaml
 from disc_ray.config import AdaptConfig, ConfigError, load_config
 from disc_ray.evaluation.selection import RunScores
 from disc_ray.tuning.selection import TrialRecord, judge_trial, pareto_front, select_trials
-from disc_ray.tuning.space import SelectionSpec, load_sweep, parse_sweep
+from disc_ray.tuning.space import SelectionConfig, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "tune" / "spaces").glob("*.yaml"))
@@ -133,7 +133,7 @@ def test_paper_rule_picks_best_domain_score_within_the_drop_on_each_skill():
         record("d", 70.0, 40.0, 24.0),               # GSM8K -6: not eligible
         record("e", None, None, None, status="stopped"),
     ]
-    outcome = select_trials(records, BASELINE, SelectionSpec(max_drop=5.0))
+    outcome = select_trials(records, BASELINE, SelectionConfig(max_drop=5.0))
     assert outcome.best == "c"
     by_id = {r.trial_id: r for r in records}
     assert [r.trial_id for r in records if r.eligible] == ["a", "c"]
@@ -144,20 +144,20 @@ def test_paper_rule_picks_best_domain_score_within_the_drop_on_each_skill():
     # Pareto front of (domain, worst retained change): b (75, -10), d (70, -6), c (66, -4.5), a (58, -1)
     assert {r.trial_id for r in records if r.pareto} == {"a", "b", "c", "d"}
     # a stricter D changes the answer to the only trial within it
-    assert select_trials(records, BASELINE, SelectionSpec(max_drop=2.0)).best == "a"
+    assert select_trials(records, BASELINE, SelectionConfig(max_drop=2.0)).best == "a"
 
 
 def test_paper_rule_with_a_drift_budget_and_ties():
     records = [record("a", 60.0, 40.0, 30.0, drift_kl=0.02), record("b", 64.0, 39.0, 30.0, drift_kl=0.30),
                record("c", 60.0, 38.0, 30.0, drift_kl=0.01)]
-    outcome = select_trials(records, BASELINE, SelectionSpec(max_drop=5.0, max_drift_kl=0.1))
+    outcome = select_trials(records, BASELINE, SelectionConfig(max_drop=5.0, max_drift_kl=0.1))
     assert outcome.best == "a"  # b is over the drift budget; a and c tie on domain, a drops less
     assert records[1].reason == "drift KL 0.3000 > 0.1 nats/token"
-    assert select_trials(records, BASELINE, SelectionSpec(max_drop=5.0)).best == "b"
+    assert select_trials(records, BASELINE, SelectionConfig(max_drop=5.0)).best == "b"
 
 
 def test_weighted_rule_and_pareto_front():
-    spec = SelectionSpec(rule="weighted", weights={"domain": 1.0, "ifeval.inst_strict": 2.0, "drift_kl": -10.0})
+    spec = SelectionConfig(rule="weighted", weights={"domain": 1.0, "ifeval.inst_strict": 2.0, "drift_kl": -10.0})
     records = [record("a", 60.0, 40.0, 30.0, drift_kl=0.1),   # 10 + 0 - 1 = 9
                record("b", 75.0, 30.0, 30.0, drift_kl=0.2),   # 25 - 20 - 2 = 3
                record("c", 58.0, 41.0, 30.0, drift_kl=0.0)]   # 8 + 2 - 0 = 10
@@ -168,9 +168,9 @@ def test_weighted_rule_and_pareto_front():
 
 
 def test_no_eligible_trial_selects_nothing():
-    judgement = judge_trial(RunScores("x", None, None, {}), BASELINE, None, None, SelectionSpec())
+    judgement = judge_trial(RunScores("x", None, None, {}), BASELINE, None, None, SelectionConfig())
     assert not judgement.eligible and judgement.score is None
-    assert select_trials([record("a", 80.0, 10.0, 30.0)], BASELINE, SelectionSpec()).best is None
+    assert select_trials([record("a", 80.0, 10.0, 30.0)], BASELINE, SelectionConfig()).best is None
 
 
 # --------------------------------------------------------------------------- searcher and scheduler adapters

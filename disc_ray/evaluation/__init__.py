@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "EvalConfig": "config", "VLLMSettings": "config", "EvalInputError": "config", "SUITE_VERSIONS": "config",
+    "EvalConfig": "config", "VLLMConfig": "config", "EvalInputError": "config", "SUITE_VERSIONS": "config",
     "GenerationBackend": "backends", "HFBackend": "backends", "VLLMBackend": "backends", "build_backend": "backends",
     "BackendUnavailableError": "backends",
     "RayDataVLLMBackend": "ray_backend",
@@ -30,7 +30,7 @@ _EXPORTS = {
     "select_best": "selection", "run_scores": "selection", "RunScores": "selection", "Selection": "selection",
     "evaluate": "runner", "evaluate_suites": "runner",
     "write_report": "report",
-    "BootstrapSettings": "stats", "bootstrap_interval": "stats", "paired_delta_interval": "stats", "compare": "stats",
+    "BootstrapConfig": "stats", "bootstrap_interval": "stats", "paired_delta_interval": "stats", "compare": "stats",
     "best_at_budgets": "frontier", "plot_frontiers": "frontier",
 }
 

@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from disc_ray.evaluation.config import BackendUnavailableError, EvalConfig, EvalInputError, VLLMSettings
+from disc_ray.evaluation.config import BackendUnavailableError, EvalConfig, EvalInputError, VLLMConfig
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.prompts import Prompt, context_window, encode_pair, encode_prompt, fit_pair_to_window
 from disc_ray.models import sdpa_without_cudnn
@@ -255,13 +255,13 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, name_or_path: str, *, settings: VLLMSettings | None = None, dtype: str = "auto", seed: int = 0,
+    def __init__(self, name_or_path: str, *, settings: VLLMConfig | None = None, dtype: str = "auto", seed: int = 0,
                  progress: bool = True, cache_dir: str | None = None):
         from disc_ray.models import load_tokenizer, resolve_model_source
 
         vllm = import_vllm()
         check_tokenizer_files(name_or_path)
-        settings = settings or VLLMSettings()
+        settings = settings or VLLMConfig()
         self.source = resolve_model_source(name_or_path, cache_dir)
         self.tokenizer = load_tokenizer(self.source)
         self.progress = progress

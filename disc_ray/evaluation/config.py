@@ -1,6 +1,6 @@
 """Typed settings for an evaluation run (:class:`EvalConfig`) and the names of the suites.
 
-Every knob has a CPU-friendly default; the GPU settings live in :class:`VLLMSettings`.
+Every knob has a CPU-friendly default; the GPU settings live in :class:`VLLMConfig`.
 
     cfg = EvalConfig(suites=("domain_mcq", "ifeval", "drift"), limit=16, backend="hf")
 """
@@ -36,7 +36,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VLLMSettings:
+class VLLMConfig:
     """Engine settings of the ``vllm`` and ``ray_vllm`` backends (ignored by ``hf``)."""
 
     tensor_parallel_size: int = 1
@@ -120,7 +120,7 @@ class EvalConfig:
     """Confidence level of the intervals."""
     cache_dir: str | None = None
     """Where the drift reference responses are cached; None: ``disc_ray.models.default_cache_dir()``."""
-    vllm: VLLMSettings = dataclasses.field(default_factory=VLLMSettings)
+    vllm: VLLMConfig = dataclasses.field(default_factory=VLLMConfig)
 
     def __post_init__(self):
         for suite in self.suites:
@@ -155,7 +155,7 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
     def bootstrap(self):
-        """The :class:`~disc_ray.evaluation.stats.BootstrapSettings` of this run."""
-        from disc_ray.evaluation.stats import BootstrapSettings
+        """The :class:`~disc_ray.evaluation.stats.BootstrapConfig` of this run."""
+        from disc_ray.evaluation.stats import BootstrapConfig
 
-        return BootstrapSettings(confidence=self.confidence, n_resamples=self.bootstrap_resamples, seed=self.bootstrap_seed)
+        return BootstrapConfig(confidence=self.confidence, n_resamples=self.bootstrap_resamples, seed=self.bootstrap_seed)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from disc_ray.evaluation.selection import RunScores
-from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapSettings, compare, format_ci
+from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, compare, format_ci
 
 BUDGETS = (2.0, 5.0)
 """Retention budgets (points of the retained skill a run may lose) the reproduction reports."""
@@ -43,7 +43,7 @@ class FrontierPoint:
 
 
 def frontier_point(method: str, label: str, scores: RunScores, original: RunScores, skill: str,
-                   settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> FrontierPoint:
+                   settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> FrontierPoint:
     """One run as a frontier point: its retention on ``skill`` vs the original, with a paired interval."""
     if skill not in scores.skills or skill not in original.skills:
         return FrontierPoint(method, label, scores, None, None)
@@ -69,7 +69,7 @@ def best_at_budgets(points: Sequence[FrontierPoint], budgets: Sequence[float] = 
     return table
 
 
-def compare_at_budget(row: Mapping[str, FrontierPoint | None], settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> list[dict]:
+def compare_at_budget(row: Mapping[str, FrontierPoint | None], settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> list[dict]:
     """Every pair of methods with a run in the budget, the better domain score first: ``{"a", "b", "delta", "ci",
     "n", "outside"}`` from a paired bootstrap over the questions both answered (None entries skipped)."""
     present = [p for p in row.values() if p is not None]
@@ -85,7 +85,7 @@ def compare_at_budget(row: Mapping[str, FrontierPoint | None], settings: Bootstr
 
 
 def format_budget_markdown(table: dict, *, domain_metric: str, skill: str,
-                           settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> str:
+                           settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> str:
     """The matched-retention section of ``comparison.md``: a table of each method's best run per budget and the
     paired differences between methods at each budget."""
     methods = list(dict.fromkeys(m for row in table.values() for m in row))

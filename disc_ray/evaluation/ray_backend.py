@@ -13,7 +13,7 @@ import time
 from typing import Sequence
 
 from disc_ray.evaluation.backends import GenerationStats, decode_completion, import_vllm, stop_token_ids
-from disc_ray.evaluation.config import VLLMSettings
+from disc_ray.evaluation.config import VLLMConfig
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.prompts import Prompt, encode_pair, encode_prompt, render_prompt
 
@@ -29,7 +29,7 @@ class RayDataVLLMBackend:
 
     name = "ray_vllm"
 
-    def __init__(self, name_or_path: str, *, settings: VLLMSettings | None = None, dtype: str = "auto", seed: int = 0,
+    def __init__(self, name_or_path: str, *, settings: VLLMConfig | None = None, dtype: str = "auto", seed: int = 0,
                  cache_dir: str | None = None):
         from disc_ray.models import load_tokenizer, resolve_model_source
 
@@ -37,7 +37,7 @@ class RayDataVLLMBackend:
         from ray.data.llm import vLLMEngineProcessorConfig
 
         check_tokenizer_files(name_or_path)
-        settings = settings or VLLMSettings()
+        settings = settings or VLLMConfig()
         self.source = resolve_model_source(name_or_path, cache_dir)
         self.tokenizer = load_tokenizer(self.source)
         self.seed = seed

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from disc_ray.evaluation.config import EvalConfig, EvalInputError
 from disc_ray.evaluation.selection import RunScores, Selection, describe_lead, run_scores, select_best
-from disc_ray.evaluation.stats import BootstrapSettings, compare, format_ci
+from disc_ray.evaluation.stats import BootstrapConfig, compare, format_ci
 
 
 def find_eval_json(run_dir: str | Path) -> Path:
@@ -68,7 +68,7 @@ def build_report(records: list[dict], *, max_drop: float | None = None, domain_m
                   file=sys.stderr)
         baseline = run_scores(f"baseline ({Path(str(baselines[0].get('model'))).name})", baselines[0]["suites"],
                               domain_metrics, skill_metrics)
-    settings = BootstrapSettings.from_dict(records[0].get("bootstrap"))
+    settings = BootstrapConfig.from_dict(records[0].get("bootstrap"))
     runs = [run_scores(r["name"], r["suites"], domain_metrics, skill_metrics) for r in records]
     selection = select_best(runs, baseline, max_drop, settings) if baseline else None
     drift = {r["name"]: r["suites"].get("drift", {}) for r in records}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from disc_ray.evaluation.config import (BACKENDS, BUILTIN_SUITES, LM_EVAL_PREFIX, BackendUnavailableError, EvalConfig,
-                                        EvalInputError, VLLMSettings)
+                                        EvalInputError, VLLMConfig)
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.selection import judge, run_scores
 from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites, format_ci
@@ -369,10 +369,10 @@ def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-resamples", type=int, default=defaults.bootstrap_resamples,
                    help="resamples behind every 95%% interval (default %(default)s)")
     p.add_argument("--bootstrap-seed", type=int, default=defaults.bootstrap_seed, help="seed of the intervals' bootstrap")
-    p.add_argument("--tensor-parallel-size", type=int, default=VLLMSettings().tensor_parallel_size)
-    p.add_argument("--max-model-len", type=int, default=VLLMSettings().max_model_len)
-    p.add_argument("--gpu-memory-utilization", type=float, default=VLLMSettings().gpu_memory_utilization)
-    p.add_argument("--replicas", type=int, default=VLLMSettings().replicas, help="ray_vllm: engine replicas")
+    p.add_argument("--tensor-parallel-size", type=int, default=VLLMConfig().tensor_parallel_size)
+    p.add_argument("--max-model-len", type=int, default=VLLMConfig().max_model_len)
+    p.add_argument("--gpu-memory-utilization", type=float, default=VLLMConfig().gpu_memory_utilization)
+    p.add_argument("--replicas", type=int, default=VLLMConfig().replicas, help="ray_vllm: engine replicas")
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -383,7 +383,7 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    vllm = VLLMSettings(tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+    vllm = VLLMConfig(tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
                         gpu_memory_utilization=args.gpu_memory_utilization, replicas=args.replicas)
     return EvalConfig(
         suites=_split(args.suites), backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,

@@ -19,7 +19,7 @@ import dataclasses
 from typing import Mapping, Sequence
 
 from disc_ray.evaluation.config import LM_EVAL_PREFIX
-from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapSettings, ItemValues, compare, suite_items
+from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, ItemValues, compare, suite_items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +116,7 @@ def run_scores(name: str, suites: Mapping, domain_metrics: Sequence[str], skill_
                      domain_items=suite_items(suites, domain_metric) if domain_metric else None, skill_items=skill_items)
 
 
-def drop_intervals(run: RunScores, baseline: RunScores, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict:
+def drop_intervals(run: RunScores, baseline: RunScores, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict:
     """Per skill with per-item values in both: baseline minus run on the shared items, paired interval."""
     out = {}
     for skill, items in run.skill_items.items():
@@ -126,7 +126,7 @@ def drop_intervals(run: RunScores, baseline: RunScores, settings: BootstrapSetti
     return out
 
 
-def judge(run: RunScores, baseline: RunScores, max_drop: float, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Verdict:
+def judge(run: RunScores, baseline: RunScores, max_drop: float, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> Verdict:
     drops = {skill: baseline.skills[skill] - run.skills[skill] for skill in baseline.skills if skill in run.skills}
     missing = [skill for skill in baseline.skills if skill not in run.skills]
     cis = drop_intervals(run, baseline, settings)
@@ -143,7 +143,7 @@ def judge(run: RunScores, baseline: RunScores, max_drop: float, settings: Bootst
     return Verdict(run.name, run.domain, drops, True, f"every skill within {max_drop:g} points", cis)
 
 
-def lead_over(best: RunScores, runner_up: RunScores, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict | None:
+def lead_over(best: RunScores, runner_up: RunScores, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict | None:
     """``best``'s domain lead over ``runner_up`` with a paired interval (see :attr:`Selection.lead`)."""
     if best.domain_items is None or runner_up.domain_items is None:
         return None
@@ -162,7 +162,7 @@ def describe_lead(lead: dict | None, unit: str = "points") -> str:
 
 
 def select_best(runs: Sequence[RunScores], baseline: RunScores, max_drop: float = 5.0,
-                settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Selection:
+                settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> Selection:
     """The eligible run with the best domain score (ties: the smaller worst drop, then the name), and its lead
     over the runner-up with a paired interval."""
     if max_drop < 0:

@@ -34,7 +34,7 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BootstrapSettings:
+class BootstrapConfig:
     """How intervals are computed; written to ``eval.json["bootstrap"]`` so they can be recomputed."""
 
     confidence: float = 0.95
@@ -46,12 +46,12 @@ class BootstrapSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: Mapping | None) -> "BootstrapSettings":
+    def from_dict(cls, raw: Mapping | None) -> "BootstrapConfig":
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in (raw or {}).items() if k in fields})
 
 
-DEFAULT_BOOTSTRAP = BootstrapSettings()
+DEFAULT_BOOTSTRAP = BootstrapConfig()
 MIN_ITEMS_FOR_CLAIM = 10
 """Below this many shared items a paired interval is still reported but never flagged ``outside``: the
 percentile bootstrap under-covers on tiny samples (a 2-item interval can have zero width)."""
@@ -81,7 +81,7 @@ def ratio(values, weights=None, axis: int = -1):
     return values.sum(axis=axis) / np.asarray(weights, dtype=float).sum(axis=axis)
 
 
-def _interval(data: tuple, statistic, settings: BootstrapSettings, paired: bool) -> tuple[float, float]:
+def _interval(data: tuple, statistic, settings: BootstrapConfig, paired: bool) -> tuple[float, float]:
     from scipy.stats import bootstrap
 
     n = len(data[0])
@@ -96,7 +96,7 @@ def _interval(data: tuple, statistic, settings: BootstrapSettings, paired: bool)
 
 
 def bootstrap_interval(values: Sequence[float], weights: Sequence[float] | None = None, *,
-                       settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
+                       settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
     """``(low, high)`` of ``ratio(values, weights)`` (same unit as the values); None for no items."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -109,7 +109,7 @@ def bootstrap_interval(values: Sequence[float], weights: Sequence[float] | None 
 
 def paired_delta_interval(a: Sequence[float], b: Sequence[float], weights: Sequence[float] | None = None,
                           weights_b: Sequence[float] | None = None, *,
-                          settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
+                          settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
     """``(low, high)`` of ``ratio(a, weights) - ratio(b, weights_b)``, items resampled jointly (a[i] and b[i]
     are the same item). ``weights_b`` defaults to ``weights`` (same items, same instruction counts)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -126,7 +126,7 @@ def paired_delta_interval(a: Sequence[float], b: Sequence[float], weights: Seque
 
 
 def unpaired_delta_interval(a: Sequence[float], b: Sequence[float], *,
-                            settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
+                            settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> tuple[float, float] | None:
     """``(low, high)`` of ``mean(a) - mean(b)`` with each sample resampled independently (different items)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size == 0 or b.size == 0:
@@ -200,7 +200,7 @@ def pair_items(a: ItemValues, b: ItemValues) -> tuple[ItemValues, ItemValues]:
     return take(a, keep_a), take(b, keep_b)
 
 
-def compare(a: ItemValues, b: ItemValues, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict | None:
+def compare(a: ItemValues, b: ItemValues, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict | None:
     """``{"delta", "ci", "n", "outside"}`` for ``a - b`` on the items both answered (paired bootstrap);
     ``outside``: the interval excludes 0 and at least :data:`MIN_ITEMS_FOR_CLAIM` items are shared. None when
     no item is shared."""
@@ -214,7 +214,7 @@ def compare(a: ItemValues, b: ItemValues, settings: BootstrapSettings = DEFAULT_
             "outside": bool((ci[0] > 0 or ci[1] < 0) and len(a) >= MIN_ITEMS_FOR_CLAIM)}
 
 
-def attach_intervals(metrics: dict, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict:
+def attach_intervals(metrics: dict, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict:
     """Add ``metrics["ci"] = {metric: [low, high]}`` for every per-item metric, and the same inside each group's
     sub-scores (``metrics["by_kind"][kind]["ci"]``). Returns ``metrics``."""
     per_item = metrics.get("per_item")
@@ -233,7 +233,7 @@ def attach_intervals(metrics: dict, settings: BootstrapSettings = DEFAULT_BOOTST
     return metrics
 
 
-def compare_suites(suites: Mapping, baseline_suites: Mapping, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> dict:
+def compare_suites(suites: Mapping, baseline_suites: Mapping, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict:
     """``{suite: {metric: compare(...)}}`` for every per-item metric both records hold (groups as
     ``"by_kind.restated.prob_correct"``): run minus baseline with a paired interval."""
     out: dict = {}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Sweep": "space", "load_sweep": "space", "parse_sweep": "space", "Dimension": "space", "SelectionSpec": "space",
+    "Sweep": "space", "load_sweep": "space", "parse_sweep": "space", "Dimension": "space", "SelectionConfig": "space",
     "run_trial": "trial", "TrialContext": "trial", "DriftReportCallback": "trial", "DriftMeter": "trial",
     "read_trial_log": "trial",
     "FinalScoreOptunaSearch": "searchers", "DriftBudgetStopper": "searchers", "DriftASHAScheduler": "searchers",

@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 
 from disc_ray.config import ConfigError, build_dataclass
-from disc_ray.tuning.space import Sweep, apply_dotted, load_sweep
+from disc_ray.config import apply_dotted
+from disc_ray.tuning.space import Sweep, load_sweep
 
 SWEEP_FILE = "sweep.yaml"
 """The sweep file as first run, kept in the sweep folder: a resume must match it."""

@@ -10,7 +10,7 @@
   retained metric vs the original (points), or ``-drift_kl`` when no retained metric is measured.
 
     records = [TrialRecord("t0", {"train.lr": 1e-5}, "completed", domain=61.0, skills={"ifeval.inst_strict": 40.0}), ...]
-    outcome = select_trials(records, baseline, SelectionSpec(max_drop=5))
+    outcome = select_trials(records, baseline, SelectionConfig(max_drop=5))
     outcome.best, outcome.pareto, outcome.lead
 
 With per-item values (read from each trial's ``eval.json``), every trial's drops get paired 95% intervals
@@ -24,8 +24,8 @@ import dataclasses
 from typing import Mapping
 
 from disc_ray.evaluation.selection import RunScores, judge, lead_over
-from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapSettings, ItemValues
-from disc_ray.tuning.space import SelectionSpec
+from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, ItemValues
+from disc_ray.tuning.space import SelectionConfig
 
 DRIFT_UNIT = 0.01
 """nats/token: the paper rule's searcher score loses ``penalty_per_point`` per this much drift beyond the budget."""
@@ -83,7 +83,7 @@ class Judgement:
     reason: str
     drops: Mapping[str, float]
     score: float | None
-    """What a model-based searcher maximizes (see SelectionSpec.penalty_per_point)."""
+    """What a model-based searcher maximizes (see SelectionConfig.penalty_per_point)."""
     drop_cis: Mapping[str, dict] = dataclasses.field(default_factory=dict)
 
 
@@ -98,7 +98,7 @@ class SweepSelection:
     :attr:`disc_ray.evaluation.selection.Selection.lead`); None without a runner-up or per-item values."""
 
 
-def describe_rule(spec: SelectionSpec) -> str:
+def describe_rule(spec: SelectionConfig) -> str:
     if spec.rule == "weighted":
         terms = " + ".join(f"{w:g} x {'change of ' if k not in ('drift_kl', 'drift_nll') else ''}{k}" for k, w in spec.weights.items())
         return f"weighted: best {terms}"
@@ -107,7 +107,7 @@ def describe_rule(spec: SelectionSpec) -> str:
 
 
 def judge_trial(scores: RunScores, baseline: RunScores, drift_kl: float | None, drift_nll: float | None,
-                spec: SelectionSpec, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Judgement:
+                spec: SelectionConfig, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> Judgement:
     """Eligibility, reason, per-metric drops (baseline - trial) and the searcher's score of one evaluated trial."""
     verdict = judge(scores, baseline, spec.max_drop, settings)
     drops, cis = dict(verdict.drops), dict(verdict.drop_cis)
@@ -163,8 +163,8 @@ def pareto_front(points: Mapping[str, tuple[float, float]]) -> set[str]:
     return front
 
 
-def select_trials(records: list[TrialRecord], baseline: RunScores, spec: SelectionSpec,
-                  settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> SweepSelection:
+def select_trials(records: list[TrialRecord], baseline: RunScores, spec: SelectionConfig,
+                  settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> SweepSelection:
     """Judge every trial, mark the Pareto front and the selected trial (in place); returns the outcome."""
     for record in records:
         record.eligible, record.selected, record.pareto, record.score = False, False, False, None

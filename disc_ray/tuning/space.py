@@ -28,13 +28,19 @@ import dataclasses
 import difflib
 import itertools
 import json
-import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from disc_ray.config import AdaptConfig, ConfigError, build_dataclass, parse_overrides, to_dict
+from disc_ray.config import (
+    AdaptConfig,
+    ConfigError,
+    apply_dotted,
+    build_dataclass,
+    field_type,
+    parse_overrides,
+    read_yaml_mapping,
+    to_dict,
+)
 from disc_ray.evaluation.config import EvalConfig
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -55,7 +61,7 @@ MAX_GRID_CHECKED = 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepSettings:
+class SweepConfig:
     """Where the sweep lives and which cluster runs it."""
 
     name: str = "disc-sweep"
@@ -88,7 +94,7 @@ class SweepSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class BaseSpec:
+class SweepBaseConfig:
     """The AdaptConfig every trial starts from."""
 
     config: str | None = None
@@ -98,7 +104,7 @@ class BaseSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ResourceSpec:
+class ResourceConfig:
     """Resources of a trial's own process, which builds the data, drives Ray Train and runs the evaluation.
     The trial's Ray Train workers and Ray Data tasks come on top (``workers.*``, ``data.concurrency``)."""
 
@@ -112,7 +118,7 @@ class ResourceSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class DriftSpec:
+class DriftConfig:
     """Drift from the original model measured DURING training, on every checkpoint Ray Train reports."""
 
     every_n_steps: int | None = None
@@ -130,7 +136,7 @@ class DriftSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelectionSpec:
+class SelectionConfig:
     """How the sweep picks its configuration (see :mod:`disc_ray.tuning.selection`)."""
 
     rule: str = "paper"
@@ -169,7 +175,7 @@ class SelectionSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class AshaSpec:
+class AshaConfig:
     """ASHA (async successive halving) on a drift metric: at each rung (``grace_period`` x ``reduction_factor``^k
     training steps) the trials with the worst drift are stopped."""
 
@@ -191,7 +197,7 @@ class AshaSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class DriftBudgetSpec:
+class DriftBudgetConfig:
     """Stop a trial as soon as a drift measurement exceeds ``max`` (an absolute budget, unlike ASHA's ranking)."""
 
     max: float
@@ -208,8 +214,8 @@ class DriftBudgetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerSpec:
-    asha: AshaSpec | None = None
-    drift_budget: DriftBudgetSpec | None = None
+    asha: AshaConfig | None = None
+    drift_budget: DriftBudgetConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,8 +223,8 @@ class _SweepFile:
     """The sweep file's top level, before ``space`` and ``evaluation`` are parsed."""
 
     space: dict[str, Any]
-    sweep: SweepSettings = dataclasses.field(default_factory=SweepSettings)
-    base: BaseSpec = dataclasses.field(default_factory=BaseSpec)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+    base: SweepBaseConfig = dataclasses.field(default_factory=SweepBaseConfig)
     searcher: str = "grid"
     num_samples: int = 1
     """grid: repeats of the whole grid; random / optuna: trials sampled."""
@@ -226,10 +232,10 @@ class _SweepFile:
     """``auto``: as many trials as the cluster's resources hold at once; or a number."""
     seed: int = 0
     """Seeds the random and Optuna searchers."""
-    resources: ResourceSpec = dataclasses.field(default_factory=ResourceSpec)
-    drift: DriftSpec = dataclasses.field(default_factory=DriftSpec)
+    resources: ResourceConfig = dataclasses.field(default_factory=ResourceConfig)
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
     evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
-    selection: SelectionSpec = dataclasses.field(default_factory=SelectionSpec)
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
     scheduler: SchedulerSpec | None = None
 
     def __post_init__(self):
@@ -274,7 +280,7 @@ class Sweep:
     path: str | None
     raw: dict
     """The sweep file as read (plus CLI overrides), stored in the sweep folder to check resumes against."""
-    settings: SweepSettings
+    settings: SweepConfig
     base_values: dict
     """The base config as a nested dict (paths made absolute: trials run in their own working directory)."""
     base: AdaptConfig
@@ -284,11 +290,11 @@ class Sweep:
     max_concurrent_trials: int | None
     """None: auto (planned from the cluster's resources)."""
     seed: int
-    resources: ResourceSpec
-    drift: DriftSpec
+    resources: ResourceConfig
+    drift: DriftConfig
     evaluation: EvalConfig
     evaluation_values: dict
-    selection: SelectionSpec
+    selection: SelectionConfig
     scheduler: SchedulerSpec
 
     @property
@@ -316,35 +322,6 @@ class Sweep:
 # --------------------------------------------------------------------------- parsing
 
 
-def apply_dotted(values: dict, updates: dict) -> dict:
-    """A deep copy of nested ``values`` with ``{"train.lr": 1e-5}``-style (or nested) ``updates`` applied."""
-    merged = json.loads(json.dumps(values))
-    for dotted, value in updates.items():
-        if isinstance(value, dict) and "." not in dotted and isinstance(merged.get(dotted), dict):
-            merged[dotted] = apply_dotted(merged[dotted], value)
-            continue
-        target = merged
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            if not isinstance(target.get(part), dict):
-                target[part] = {}
-            target = target[part]
-        target[parts[-1]] = value
-    return merged
-
-
-def _read_yaml(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
-    return loaded
-
-
 def _resolve_file(path: str, sweep_path: str | None) -> Path:
     candidate = Path(path).expanduser()
     if candidate.is_absolute() or candidate.exists() or sweep_path is None:
@@ -368,10 +345,10 @@ def _absolute_paths(values: dict, sweep_path: str | None) -> dict:
     return values
 
 
-def build_base(spec: BaseSpec, sweep_path: str | None) -> tuple[dict, AdaptConfig]:
+def build_base(spec: SweepBaseConfig, sweep_path: str | None) -> tuple[dict, AdaptConfig]:
     values: dict = {}
     if spec.config:
-        values = _read_yaml(_resolve_file(spec.config, sweep_path), "base.config file")
+        values = read_yaml_mapping(_resolve_file(spec.config, sweep_path), "base.config file")
     values = _absolute_paths(apply_dotted(values, spec.overrides), sweep_path)
     try:
         cfg = build_dataclass(AdaptConfig, values)
@@ -380,25 +357,6 @@ def build_base(spec: BaseSpec, sweep_path: str | None) -> tuple[dict, AdaptConfi
     for section in FIXED_SECTIONS:  # normalise (shorthands, defaults) so trial configs start from full sections
         values[section] = to_dict(getattr(cfg, section))
     return values, cfg
-
-
-def _field_type(key: str):
-    """The annotation of a dotted AdaptConfig leaf key; ConfigError (with a suggestion) when there is none."""
-    parts = key.split(".")
-    cls, prefix = AdaptConfig, ""
-    for i, part in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"space: '{key}' is not a config key ('{prefix}' has no sub-keys)")
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
-        if part not in names:
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" (did you mean '{(prefix + '.' if prefix else '') + close[0]}'?)" if close else ""
-            raise ConfigError(f"space: unknown config key '{key}'{hint}; valid keys here: {', '.join(names)}")
-        prefix = f"{prefix}.{part}" if prefix else part
-        cls = typing.get_type_hints(cls)[part]
-    if dataclasses.is_dataclass(cls):
-        raise ConfigError(f"space: '{key}' is a config section; sweep one of its keys ({key}.<key>)")
-    return cls
 
 
 def _typed_value(base_values: dict, key: str, value: Any) -> Any:
@@ -421,7 +379,7 @@ def parse_dimension(key: str, entry: Any, base_values: dict) -> Dimension:
     section = key.split(".")[0]
     if section in FIXED_SECTIONS:
         raise ConfigError(f"space: '{key}' cannot be swept ({FIXED_SECTIONS[section]}); set it in base.overrides")
-    annotation = _field_type(key)
+    annotation = field_type(AdaptConfig, key, what="space: ")
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ConfigError(f"space: '{key}' must be a mapping with one domain, e.g. {{grid: [...]}}; "
                           f"domains: {', '.join(DOMAIN_KINDS)}; got {entry!r}")
@@ -500,7 +458,7 @@ def _product(sizes: list[int]) -> int:
 
 
 def build_eval_config(values: dict, base: AdaptConfig, sweep_dir: Path, sweep_path: str | None,
-                      selection: SelectionSpec) -> tuple[EvalConfig, dict]:
+                      selection: SelectionConfig) -> tuple[EvalConfig, dict]:
     """``evaluation:`` + the selection metrics -> EvalConfig. Without ``mcq_path`` and without ``data.path``
     the domain suite asks the built-in synthetic corpus's probes (written into the sweep folder)."""
     values = dict(values)
@@ -521,7 +479,7 @@ def _suite_of(metric: str, suites) -> str | None:
     return next((suite for suite in suites if metric.startswith(suite + ".")), None)
 
 
-def _check_metrics_have_suites(selection: SelectionSpec, evaluation: EvalConfig) -> None:
+def _check_metrics_have_suites(selection: SelectionConfig, evaluation: EvalConfig) -> None:
     """Every metric the rule reads must come from a suite the trials run."""
     if not any(_suite_of(m, evaluation.suites) for m in selection.domain_metric):
         raise ConfigError(f"selection.domain_metric: none of {list(selection.domain_metric)} comes from the evaluation "
@@ -559,7 +517,7 @@ def parse_sweep(raw: dict, path: str | None = None) -> Sweep:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read and validate a sweep file; ``overrides`` like ``["--sweep.storage_path=/tmp/s", "--num_samples", "4"]``."""
-    raw = _read_yaml(Path(path).expanduser(), "sweep file")
+    raw = read_yaml_mapping(Path(path).expanduser(), "sweep file")
     updates = parse_overrides(overrides or [])
     if "space" in updates:
         raise ConfigError("space: edit the sweep file to change the search space (it cannot be overridden)")
