@@ -5,7 +5,7 @@ generation protocol), ``domain_qa`` (:mod:`.qa`), ``ifeval`` (:mod:`.ifeval`: lm
 offline), ``drift`` (:mod:`.drift`: KL(original || adapted) and NLL on the original's own responses)
 and ``lm_eval:<task>`` (:mod:`.lm_eval_tasks`). Intervals and paired comparisons: :mod:`.stats`; methods at
 matched retention: :mod:`.frontier`. Backends (:mod:`.backends`): ``hf`` (transformers),
-``vllm`` (``vllm.LLM``), ``ray_vllm`` (:mod:`.ray_backend`: Ray Data + ``ray.data.llm``).
+``vllm`` (``vllm.LLM``), ``ray_vllm`` (:mod:`.backends.ray_vllm`: Ray Data + ``ray.data.llm``).
 
     from disc_ray.evaluation import EvalConfig, evaluate
     record = evaluate("runs/demo/model", EvalConfig(limit=32), baseline="smollm2-135m-instruct", out_dir="runs/demo/eval")
@@ -21,8 +21,8 @@ import importlib
 _EXPORTS = {
     "EvalConfig": "config", "VLLMConfig": "config", "EvalInputError": "config", "SUITE_VERSIONS": "config",
     "GenerationBackend": "backends", "HFBackend": "backends", "VLLMBackend": "backends", "build_backend": "backends",
-    "BackendUnavailableError": "backends",
-    "RayDataVLLMBackend": "ray_backend",
+    "BackendUnavailableError": "config",
+    "RayDataVLLMBackend": "backends.ray_vllm",
     "SuiteResult": "suite",
     "run_mcq_suite": "mcq", "run_qa_suite": "qa", "run_ifeval_suite": "ifeval", "load_ifeval_checkers": "ifeval",
     "compute_drift": "drift", "build_drift_batches": "drift", "reference_responses": "drift", "DriftBatch": "drift",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from disc_ray.evaluation.backends import GenerationStats, decode_completion, import_vllm, stop_token_ids
+from disc_ray.evaluation.backends.base import GenerationStats, decode_completion, import_vllm, stop_token_ids
 from disc_ray.evaluation.config import VLLMConfig
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.prompts import Prompt, encode_pair, encode_prompt, render_prompt
