@@ -31,13 +31,15 @@ from pathlib import Path
 
 import torch
 
+from disc_ray.records import load_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 BIOASQ = REPO / ".." / "shared" / "data" / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM datasheet, dense bf16: the MFU denominator
 
 
 def load_passages(n: int) -> list[str]:
-    rows = [json.loads(line) for line in BIOASQ.read_text().splitlines() if line.strip()]
+    rows = load_jsonl(BIOASQ)
     return [row["meta"]["context"] for row in rows[:n]]
 
 
@@ -46,7 +48,7 @@ def load_examples(args) -> list:
     from disc_ray.splits import SplitConfig, prepare_document, row_to_example
 
     if args.examples:
-        rows = [json.loads(line) for line in Path(args.examples).read_text().splitlines() if line.strip()]
+        rows = load_jsonl(args.examples)
         return [row_to_example(row) for row in rows[: args.documents]]
     from disc_ray.models import load_tokenizer
 

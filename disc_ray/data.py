@@ -41,7 +41,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import glob as globlib
-import gzip
 import hashlib
 import heapq
 import itertools
@@ -62,6 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from disc_ray.records import RecordFileError, iter_jsonl_lines, open_binary, read_json_records
 from disc_ray.splits import (
     DocumentExample,
     DocumentSkipped,
@@ -74,7 +74,7 @@ from disc_ray.splits import (
 if TYPE_CHECKING:  # Ray is imported where it is used, so DataConfig can be imported cheaply
     import ray.data
 
-FORMATS = ("auto", "jsonl", "parquet", "text", "text_lines", "hf_disk", "hub", "processed")
+FORMATS = ("auto", "jsonl", "json", "parquet", "text", "text_lines", "hf_disk", "hub", "processed")
 NORMALIZATION_FORMS = ("NFC", "NFKC", "NFD", "NFKD", "none")
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"  # disc_ray.models.EMBEDDED_DEFAULT (not imported: it pulls in torch)
 
@@ -86,7 +86,7 @@ REJECTS_FILE = "rejects.jsonl"
 KEPT_DIR, REJECTED_DIR = "status=kept", "status=rejected"
 TRAIN_COLUMNS = ["input_ids", "split_starts", "split_ends", "num_special_prefix", "num_tokens",
                  "doc_id", "example_index", "source", "row"]
-_LINE_FORMATS = ("jsonl", "text_lines")
+_LINE_FORMATS = ("jsonl", "json", "text_lines")  # "json": a JSON document file is read by record, see _is_json_document
 
 
 class DataError(ValueError):
@@ -105,8 +105,12 @@ class DataConfig:
     """JSONL(.gz) file or folder, Parquet file/folder/glob, text folder or file, ``save_to_disk`` folder,
     hub dataset id (``format: hub``), or a folder written by a previous run (``processed``)."""
     format: str = "auto"
-    """auto | jsonl | parquet | text (one document per file) | text_lines (one per line) | hf_disk | hub | processed.
-    ``auto`` decides from the path: a folder by its files, ``*.txt`` file -> text_lines."""
+    """auto | jsonl | json | parquet | text (one document per file) | text_lines (one per line) | hf_disk | hub | processed.
+    ``auto`` decides from the path: a folder by its files, ``*.txt`` file -> text_lines; ``*.json`` files are read as
+    one JSON document each (an array of records, or an object with a list of records), ``*.jsonl`` line by line."""
+    records_key: str | None = None
+    """``.json`` files holding an object: the key of its list of records (None: the first of
+    :data:`disc_ray.records.RECORDS_KEYS` present, or the object's only list)."""
     text_field: str = "text"
     """Field holding the document; dotted paths (``meta.context``) reach into nested JSON / Parquet structs."""
     hf_split: str = "train"
@@ -319,6 +323,8 @@ def _text_column_type(schema: pa.Schema, text_field: str, source: str) -> None:
             if not pa.types.is_struct(kind) or kind.get_field_index(part) < 0:
                 raise DataError(f"{source}: data.text_field {text_field!r}: column {'.'.join(parts[:depth])} has type {kind}, no field {part!r}")
             kind = kind.field(part).type
+    if pa.types.is_dictionary(kind):  # pandas ``category`` columns, dictionary-encoded Parquet read as such
+        kind = kind.value_type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         raise DataError(f"{source}: data.text_field {text_field!r} has type {kind}, expected a string column")
 
@@ -351,7 +357,7 @@ def plan_corpus(cfg: DataConfig) -> CorpusPlan:
         elif fmt == "processed":
             return CorpusPlan("processed", (), str(Path(cfg.path).expanduser()))
         elif len(files) > 1 or Path(cfg.path).expanduser().is_dir():
-            family = {"jsonl": "jsonl", "parquet": "parquet", "text": "text", "text_lines": "text"}[fmt]
+            family = {"jsonl": "jsonl", "json": "jsonl", "parquet": "parquet", "text": "text", "text_lines": "text"}[fmt]
             matching = [f for f in files if _suffix_format(f) == family]
             files = matching or (files if cfg.format != "auto" else [])  # explicit format: files without a known suffix too
     if not files:
@@ -370,7 +376,7 @@ def _plan_read_units(plan: CorpusPlan, parallelism: int) -> list[dict]:
     units = []
     per_file = max(1, parallelism // max(len(plan.files), 1))
     for index, path in enumerate(plan.files):
-        stripes = 1 if plan.format == "text" else min(per_file, max(1, os.path.getsize(path) // _STRIPE_BYTES))
+        stripes = 1 if plan.format == "text" or _is_json_document(path, plan.format) else min(per_file, max(1, os.path.getsize(path) // _STRIPE_BYTES))
         units += [{"path": path, "file_index": index, "stripe": s, "stripes": stripes} for s in range(stripes)]
     return units
 
@@ -444,46 +450,69 @@ def _locate(source: str, row: int | None, line_based: bool) -> str:
     return f"{source}:{row + 1}" if line_based else f"{source} row {row}"
 
 
-def _open_lines(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+def _is_json_document(path: str, fmt: str) -> bool:
+    """A ``.json`` file (or any file under format ``json``) holds one JSON document, not JSON Lines."""
+    return fmt == "json" or (fmt == "jsonl" and path.lower().endswith((".json", ".json.gz")))
 
 
 def _read_lines(unit: dict, buffer: _RecordBuffer, fmt: str, text_field: str) -> Iterator[pa.Table]:
     stripe, stripes = unit["stripe"], unit["stripes"]
     seen_any = False
-    with _open_lines(unit["path"]) as handle:
-        for row, raw in enumerate(handle):
-            seen_any = True
-            if row % stripes != stripe:
-                continue
-            raw = raw.rstrip(b"\r\n")
-            if row == 0 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                buffer.add(row, reason="invalid_utf8", detail=f"invalid UTF-8 byte 0x{raw[err.start]:02x} at byte {err.start}", raw=raw)
+    for number, raw in iter_jsonl_lines(unit["path"]):  # splits on "\n" only (a raw U+2028 stays in its line)
+        row = number - 1
+        seen_any = True
+        if row % stripes != stripe:
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            buffer.add(row, reason="invalid_utf8", detail=f"invalid UTF-8 byte 0x{raw[err.start]:02x} at byte {err.start}", raw=raw)
+        else:
+            if fmt == "text_lines":
+                buffer.add(row, text=line)
+            elif not line.strip():
+                buffer.add(row, reason="blank_line", detail="blank line")
             else:
-                if fmt == "text_lines":
-                    buffer.add(row, text=line)
-                elif not line.strip():
-                    buffer.add(row, reason="blank_line", detail="blank line")
-                else:
-                    _add_json_record(buffer, row, line, text_field)
-            if buffer.full():
-                yield buffer.flush()
+                _add_json_record(buffer, row, line, text_field)
+        if buffer.full():
+            yield buffer.flush()
     if not seen_any and stripe == 0:
         buffer.add(None, reason="empty_file", detail="file has no lines")
 
 
-def _add_json_record(buffer: _RecordBuffer, row: int, line: str, text_field: str) -> None:
+def _read_json_document(unit: dict, buffer: _RecordBuffer, text_field: str, records_key: str | None) -> Iterator[pa.Table]:
+    """A ``.json`` file: its array of records (or an object's list of records), one buffer row per record.
+    A file that turns out to hold JSON Lines (``Extra data`` after the first value) is read line by line."""
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        buffer.add(row, reason="malformed_json", detail=f"{err.msg} at column {err.colno}", raw=line)
+        records = read_json_records(unit["path"], records_key, record_field=text_field.split(".")[0])
+    except RecordFileError as err:
+        if "Extra data" in str(err):
+            buffer.line_based = True
+            yield from _read_lines(unit, buffer, "jsonl", text_field)
+            return
+        buffer.add(None, reason="malformed_json", detail=str(err).removeprefix(f"{unit['path']}").lstrip(": "), raw="")
         return
+    if not records:
+        buffer.add(None, reason="empty_file", detail="file holds no records")
+    for row, record in enumerate(records):
+        _add_json_record(buffer, row, record, text_field)
+        if buffer.full():
+            yield buffer.flush()
+
+
+def _add_json_record(buffer: _RecordBuffer, row: int, line: str | Any, text_field: str) -> None:
+    """One record: a JSON Lines line (str) or an already parsed record of a JSON document."""
+    if isinstance(line, str):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            buffer.add(row, reason="malformed_json", detail=f"{err.msg} at column {err.colno}", raw=line)
+            return
+    else:
+        record, line = line, json.dumps(line, ensure_ascii=False)[:400]
     if not isinstance(record, dict):
-        buffer.add(row, reason="not_object", detail=f"line holds a JSON {type(record).__name__}, not an object", raw=line)
+        what = "line" if buffer.line_based else "record"
+        buffer.add(row, reason="not_object", detail=f"{what} holds a JSON {type(record).__name__}, not an object", raw=line)
         return
     try:
         value = _get_field(record, text_field)
@@ -501,7 +530,7 @@ def _add_json_record(buffer: _RecordBuffer, row: int, line: str, text_field: str
 
 
 def _read_text_file(unit: dict, buffer: _RecordBuffer) -> Iterator[pa.Table]:
-    with _open_lines(unit["path"]) as handle:
+    with open_binary(unit["path"]) as handle:
         raw = handle.read()
     try:
         buffer.add(0, text=raw.decode("utf-8-sig"))
@@ -558,11 +587,15 @@ def _read_arrow(unit: dict, buffer: _RecordBuffer, text_field: str) -> Iterator[
         buffer.add(None, reason="empty_file", detail="file has no rows")
 
 
-def read_units(units: dict, *, fmt: str, text_field: str, batch_rows: int, strict: bool) -> Iterator[pa.Table]:
+def read_units(units: dict, *, fmt: str, text_field: str, batch_rows: int, strict: bool,
+               records_key: str | None = None) -> Iterator[pa.Table]:
     """Ray Data UDF: read units (``{"path", "file_index", "stripe", "stripes"}`` columns) -> READ_SCHEMA blocks."""
     for unit in units.to_pylist():
-        buffer = _RecordBuffer(unit["path"], unit["file_index"], batch_rows, fmt in _LINE_FORMATS, strict)
-        if fmt in _LINE_FORMATS:
+        document = _is_json_document(unit["path"], fmt)
+        buffer = _RecordBuffer(unit["path"], unit["file_index"], batch_rows, fmt in _LINE_FORMATS and not document, strict)
+        if document:
+            blocks = _read_json_document(unit, buffer, text_field, records_key)
+        elif fmt in _LINE_FORMATS:
             blocks = _read_lines(unit, buffer, fmt, text_field)
         elif fmt == "text":
             blocks = _read_text_file(unit, buffer)
@@ -641,7 +674,7 @@ def clean_block(block: pa.Table, *, normalize_unicode: str, collapse_whitespace:
             reason, detail = "above_max_chars", f"{len(text):,} chars > data.max_chars={max_chars:,}"
         if reason:
             if strict and reason not in POLICY_REASONS:
-                raise DataError(f"{_locate(columns['source'][i], columns['row'][i], line_based)}: {reason}: {detail}")
+                raise DataError(f"{_locate(columns['source'][i], columns['row'][i], columns['line'][i] is not None)}: {reason}: {detail}")
             reasons[i], details[i], columns["preview"][i] = reason, detail, _preview(texts[i])
             texts[i] = None
             continue
@@ -1093,7 +1126,7 @@ def _prepare_batch(block: pa.Table, *, tokenizer_source: str, split: dict, max_l
         elif isinstance(result, DocumentSkipped):
             detail = str(result).removeprefix(f"{result.reason}: ")
             if strict and result.reason not in POLICY_REASONS:
-                raise DataError(f"{_locate(c['source'][i], c['row'][i], line_based)}: {result.reason}: {detail}")
+                raise DataError(f"{_locate(c['source'][i], c['row'][i], c['line'][i] is not None)}: {result.reason}: {detail}")
             emit(i, None, 0, result.reason, detail, _preview(c["text"][i]))
         else:
             for index, example in enumerate(result):
@@ -1144,7 +1177,7 @@ def read_corpus(cfg: DataConfig, plan: CorpusPlan | None = None) -> ray.data.Dat
     dataset.context.op_resource_reservation_enabled = False
     return dataset.map_batches(
         read_units, batch_size=1, fn_kwargs={"fmt": plan.format, "text_field": cfg.text_field, "batch_rows": cfg.batch_rows,
-                                             "strict": cfg.strict}, **_map_args(cfg))
+                                             "strict": cfg.strict, "records_key": cfg.records_key}, **_map_args(cfg))
 
 
 def _cleaned(cfg: DataConfig, plan: CorpusPlan) -> ray.data.Dataset:
@@ -1418,6 +1451,7 @@ def add_cli(subparsers) -> None:
     defaults = DataConfig()
     inspect.add_argument("--format", default="auto", choices=FORMATS)
     inspect.add_argument("--text-field", default=defaults.text_field, help="field with the text; dotted paths reach into nested JSON")
+    inspect.add_argument("--records-key", default=None, help=".json files holding an object: the key of its list of records")
     inspect.add_argument("--tokenizer", default=defaults.tokenizer, help="model name or path whose tokenizer to use")
     inspect.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per example (window)")
     inspect.add_argument("--min-chars", type=int, default=defaults.min_chars)
@@ -1444,7 +1478,7 @@ def run_inspect(args, rest) -> int:
 
     keep = args.out is not None
     try:
-        data_cfg = DataConfig(path=args.corpus, format=args.format, text_field=args.text_field, tokenizer=args.tokenizer,
+        data_cfg = DataConfig(path=args.corpus, format=args.format, text_field=args.text_field, records_key=args.records_key, tokenizer=args.tokenizer,
                               max_length=args.max_length, min_chars=args.min_chars, max_chars=args.max_chars,
                               normalize_unicode=args.normalize_unicode, dedupe=not args.no_dedupe, strict=args.strict,
                               rejects_path=args.rejects, output_dir=args.out)
