@@ -38,7 +38,6 @@ text), ``example_index`` (window of a long document), ``source`` and ``row`` nam
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import glob as globlib
 import hashlib
@@ -68,8 +67,8 @@ from disc_ray.splits import (
     SplitConfig,
     batch_to_examples,
     choose_document_splits,
-    window_examples,
 )
+from disc_ray.tokenization import tokenize_documents
 
 if TYPE_CHECKING:  # Ray is imported where it is used, so DataConfig can be imported cheaply
     import ray.data
@@ -754,296 +753,29 @@ def drop_duplicates(out: Path, files: list[str], line_based: bool, tokenizer_sou
     return len(moved)
 
 
-# --------------------------------------------------------------------------- segmentation + tokenization
-
-
-class _SentenceSegmenter:
-    """Same spans as :func:`disc_ray.splits.segment_sentences` (blingfire), without its per-byte Python loop.
-
-    Calls blingfire's C function directly into reused buffers and maps UTF-8 byte offsets to character
-    offsets with numpy, exactly as blingfire's wrapper does. The tests compare both on real and
-    adversarial text (multi-byte characters, emoji, CJK, NUL bytes).
-    """
-
-    def __init__(self):
-        import blingfire
-
-        self.function = blingfire.blingfire.TextToSentencesWithOffsets
-        self.capacity = 0
-
-    def _reserve(self, capacity: int):
-        if capacity > self.capacity:
-            self.capacity = max(capacity, 2 * self.capacity, 1 << 16)
-            self.out = ctypes.create_string_buffer(self.capacity)
-            self.starts = np.empty(self.capacity, np.int32)
-            self.ends = np.empty(self.capacity, np.int32)
-            self.pointers = (self.starts.ctypes.data_as(ctypes.c_void_p), self.ends.ctypes.data_as(ctypes.c_void_p))
-
-    def __call__(self, text: str) -> list[tuple[int, int]]:
-        if not text.strip():
-            return []
-        data = text.encode("utf-8")
-        size, capacity = len(data), 2 * len(data)
-        self._reserve(capacity)
-        length = self.function(data, size, self.out, *self.pointers, capacity)
-        if length == -1 or length > capacity:
-            return []
-        count = ctypes.string_at(self.out, length).split(b"\0", 1)[0].count(b"\n") + 1
-        starts, ends = self.starts[:count].astype(np.int64), self.ends[:count].astype(np.int64) + 1
-        if size != len(text):  # multi-byte characters: byte offsets -> character offsets
-            char_of_byte = np.empty(size + 1, np.int64)
-            np.cumsum((np.frombuffer(data, np.uint8) & 0xC0) != 0x80, out=char_of_byte[:size])
-            char_of_byte[:size] -= 1
-            char_of_byte[size] = len(text)
-            starts, ends = char_of_byte[starts], char_of_byte[ends]
-        return [(s, e) for s, e in zip(starts.tolist(), ends.tolist()) if e > s]
-
-
-# str.isspace() for every code point up to U+3000 (the last whitespace character in Unicode).
-_WHITESPACE = np.array([chr(c).isspace() for c in range(0x3001)], dtype=bool)
-
-
-def _whitespace_mask(text: str) -> np.ndarray:
-    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return _WHITESPACE[np.minimum(codes, len(_WHITESPACE) - 1)] & (codes < len(_WHITESPACE))
-
-
-_SEGMENTER: _SentenceSegmenter | None = None
-
-
-def _segmenter() -> _SentenceSegmenter:
-    global _SEGMENTER
-    if _SEGMENTER is None:
-        _SEGMENTER = _SentenceSegmenter()
-    return _SEGMENTER
-
-
-def sentence_token_spans_batch(texts: list[str], token_offsets: list[list], firsts: list[int], lasts: list[int]) -> list[list[tuple[int, int]]]:
-    """:func:`disc_ray.splits.sentence_token_spans` for a batch of documents, vectorized over the whole batch.
-
-    Document ``j`` has tokens ``[firsts[j], lasts[j])`` (``lasts[j] > firsts[j]``) with character
-    ``token_offsets[j]``; a token belongs to the sentence holding its first non-space character, and
-    sentences come from the core's segmenter. Gives the same spans as the core (the tests check it).
-    """
-    counts = np.array([last - first for first, last in zip(firsts, lasts)], dtype=np.int64)
-    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(
-        offsets[first:last] for offsets, first, last in zip(token_offsets, firsts, lasts))), dtype=np.int64, count=2 * int(counts.sum()))
-    return _sentence_spans_of_tokens(texts, flat[0::2], flat[1::2], counts, firsts)
-
-
-def _sentence_spans_of_tokens(texts: list[str], starts: np.ndarray, ends: np.ndarray, counts: np.ndarray,
-                              firsts: list[int]) -> list[list[tuple[int, int]]]:
-    """Sentence token spans from the documents' content tokens: ``counts[j]`` tokens for document ``j``, whose
-    character ``starts`` / ``ends`` (flat over the batch) are relative to that document; token ``i`` of
-    document ``j`` is token ``firsts[j] + i`` of its ``input_ids``."""
-    segment = _segmenter()
-    sentences = [segment(text) for text in texts]
-    char_base = np.concatenate(([0], np.cumsum([len(text) for text in texts], dtype=np.int64)))
-    token_base = np.concatenate(([0], np.cumsum(counts)))
-    total = int(token_base[-1])
-    doc_of_token = np.repeat(np.arange(len(texts)), counts)
-    shift = char_base[:-1][doc_of_token]
-    starts, ends = starts + shift, ends + shift
-    # move a token's start past leading whitespace (never past its end): its first non-space character
-    whitespace = _whitespace_mask("".join(texts))
-    inside = np.flatnonzero(starts < ends)
-    leading_space = inside[whitespace[starts[inside]]]
-    if len(leading_space):
-        non_space = np.append(np.flatnonzero(~whitespace), char_base[-1])
-        following = non_space[np.searchsorted(non_space, starts[leading_space])]
-        starts[leading_space] = np.minimum(following, ends[leading_space])
-    # owner sentence = last sentence starting at or before that character (0 when none does)
-    num_sentences = np.array([len(s) for s in sentences], dtype=np.int64)
-    sentence_base = np.concatenate(([0], np.cumsum(num_sentences)))
-    sentence_starts = np.fromiter(itertools.chain.from_iterable(
-        (start + int(base) for start, _ in spans) for spans, base in zip(sentences, char_base)), dtype=np.int64, count=int(sentence_base[-1]))
-    owner = np.searchsorted(sentence_starts, starts, side="right") - 1 - sentence_base[:-1][doc_of_token]
-    owner = np.clip(owner, 0, np.maximum(num_sentences - 1, 0)[doc_of_token])
-    # a span starts where the owner changes or a document starts
-    new_span = np.ones(total, dtype=bool)
-    new_span[1:] = owner[1:] != owner[:-1]
-    new_span[token_base[:-1]] = True
-    span_starts = np.flatnonzero(new_span)
-    cuts = np.searchsorted(span_starts, token_base).tolist()
-    span_starts_list, token_base_list = span_starts.tolist(), token_base.tolist()
-    result = []
-    for j, first in enumerate(firsts):
-        doc_starts = span_starts_list[cuts[j]:cuts[j + 1]]
-        local = first - token_base_list[j]
-        result.append([(a + local, b + local) for a, b in zip(doc_starts, doc_starts[1:] + [token_base_list[j + 1]])])
-    return result
-
-
-def _special_bounds(ids: list[int], offsets: list, special: set[int]) -> tuple[int, int]:
-    """(first, last): tokens ``[:first]`` are the special prefix, ``[last:]`` trailing special tokens (e.g. EOS)."""
-    first = 0
-    while first < len(ids) and ids[first] in special and tuple(offsets[first]) == (0, 0):
-        first += 1
-    last = len(ids)
-    while last > first and ids[last - 1] in special and tuple(offsets[last - 1]) == (0, 0):
-        last -= 1
-    return first, last
-
-
-@dataclass(frozen=True)
-class ByteLevelTokens:
-    """Surface length in UTF-8 bytes of every token of a byte-level BPE tokenizer (GPT-2, SmolLM2, Qwen, Llama 3).
-
-    A byte-level tokenizer's tokens spell out the text's bytes exactly, so token offsets are a running sum
-    of these lengths. That lets the pipeline call the tokenizer's offset-free ``encode_batch_fast`` (~20%
-    cheaper than ``tokenizer(batch)`` itself) instead of building and converting an offset pair per token.
-    A document whose token lengths do not add up to its byte count takes the offsets path instead.
-    """
-
-    lengths: np.ndarray
-    """int64, token id -> bytes it stands for; -1 where not known (that document takes the offsets path)."""
-    prefix: int
-    """special tokens the tokenizer's post-processor puts before the text (e.g. BOS) ..."""
-    suffix: int
-    """... and after it (e.g. EOS)."""
-
-    @classmethod
-    def of(cls, tokenizer) -> ByteLevelTokens | None:
-        """The table for ``tokenizer``, or None when it is not a plain byte-level BPE (normalizer, prefix space,
-        SentencePiece, WordPiece ...): such tokenizers keep the offsets path."""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None or not hasattr(backend, "encode_batch_fast"):  # tokenizers < 0.21
-            return None
-        spec = json.loads(backend.to_str())
-        parts = _flat_pre_tokenizers(spec.get("pre_tokenizer"))
-        if (spec.get("normalizer") is not None or spec["model"].get("type") != "BPE" or spec["model"].get("byte_fallback")
-                or not any(p["type"] == "ByteLevel" for p in parts)
-                or not all((p["type"] == "ByteLevel" and not p.get("add_prefix_space")) or p["type"] == "Digits"
-                           or (p["type"] == "Split" and p.get("behavior") != "Removed") for p in parts)):
-            return None
-        plain = backend.encode("a b", add_special_tokens=False).ids
-        full = backend.encode("a b", add_special_tokens=True).ids
-        prefix = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
-        if prefix is None:
-            return None
-        from tokenizers.pre_tokenizers import ByteLevel
-
-        alphabet = set(ByteLevel.alphabet())  # the 256 characters standing for the 256 byte values
-        vocab = backend.get_vocab(with_added_tokens=True)
-        lengths = np.full(max(vocab.values()) + 1, -1, dtype=np.int64)
-        for token, index in vocab.items():
-            if alphabet.issuperset(token):
-                lengths[index] = len(token)
-        for index, added in backend.get_added_tokens_decoder().items():  # matched literally in the text
-            lengths[index] = -1 if added.lstrip or added.rstrip else len(added.content.encode("utf-8"))
-        return cls(lengths, prefix, len(full) - prefix - len(plain))
-
-    def char_offsets(self, texts: list[str], ids: list[list[int]]) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """(indices of the documents whose tokens spell out their text exactly, then those documents' content
-        tokens' character starts and ends, flat, relative to each document, as the tokenizer's offsets give them)."""
-        counts = np.fromiter((max(len(x) - self.prefix - self.suffix, 0) for x in ids), dtype=np.int64, count=len(ids))
-        flat_ids = np.fromiter(itertools.chain.from_iterable(itertools.islice(x, self.prefix, len(x) - self.suffix) for x in ids),
-                               dtype=np.int64, count=int(counts.sum()))
-        lengths = np.where(flat_ids < len(self.lengths), self.lengths[np.minimum(flat_ids, len(self.lengths) - 1)], -1)
-        token_base = np.concatenate(([0], np.cumsum(counts)))
-        data = "".join(texts).encode("utf-8")
-        num_chars = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        ascii_only = len(data) == int(num_chars.sum())
-        doc_bytes = num_chars if ascii_only else np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
-
-        def per_document(values: np.ndarray) -> np.ndarray:
-            running = np.concatenate(([0], np.cumsum(values)))
-            return running[token_base[1:]] - running[token_base[:-1]]
-
-        exact = (counts > 0) & (per_document(lengths < 0) == 0) & (per_document(lengths) == doc_bytes)
-        keep = np.repeat(exact, counts)
-        lengths, doc_of_token = lengths[keep], np.repeat(np.arange(len(texts)), counts)[keep]
-        byte_base = np.concatenate(([0], np.cumsum(doc_bytes)))
-        # running sum over the kept documents, moved to each document's place in the joined bytes
-        ends = np.cumsum(lengths) + (byte_base[:-1] - np.concatenate(([0], np.cumsum(np.where(exact, doc_bytes, 0))))[:-1])[doc_of_token]
-        starts = ends - lengths
-        char_base = byte_base
-        if not ascii_only:  # a token starting inside a multi-byte character starts at it; one ending inside it ends after it
-            chars_before = np.zeros(len(data) + 1, dtype=np.int64)
-            np.cumsum((np.frombuffer(data, np.uint8) & 0xC0) != 0x80, out=chars_before[1:])
-            starts, ends = chars_before[np.minimum(starts + 1, len(data))] - 1, chars_before[ends]
-            char_base = chars_before[byte_base]
-        shift = char_base[:-1][doc_of_token]
-        return np.flatnonzero(exact).tolist(), starts - shift, ends - shift
-
-
-def _flat_pre_tokenizers(spec: dict | None) -> list[dict]:
-    if spec is None:
-        return []
-    if spec["type"] == "Sequence":
-        return [part for inner in spec["pretokenizers"] for part in _flat_pre_tokenizers(inner)]
-    return [spec]
+# --------------------------------------------------------------------------- preparation (Ray tasks)
 
 
 def prepare_documents(texts: list, tokenizer, cfg: SplitConfig, max_length: int = 2048, with_splits: bool = True) -> list:
-    """Batched :func:`disc_ray.splits.prepare_document`: one tokenizer call and one vectorized
-    token->sentence mapping for the whole batch; same examples as the core, document by document.
-
-    Byte-level BPE tokenizers take the offset-free path (:class:`ByteLevelTokens`); other tokenizers, and any
-    document whose tokens do not spell out its bytes, the tokenizer's offsets, as the core does.
-    Returns, per text, either its list of DocumentExamples or the DocumentSkipped explaining why none.
+    """Batched :func:`disc_ray.splits.prepare_document`: :func:`disc_ray.tokenization.tokenize_documents` (the one
+    text -> tokens -> sentence spans implementation, one tokenizer call for the batch), then each document's
+    split sampling. Returns, per text, either its list of DocumentExamples or the DocumentSkipped explaining
+    why none. Raises DataError when ``max_length`` leaves no room after the tokenizer's special prefix.
     """
-    results: list = [None] * len(texts)
-    valid = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            results[i] = DocumentSkipped("not_text", f"expected a string document, got {type(text).__name__}")
-        elif not text.strip():
-            results[i] = DocumentSkipped("empty", "document is empty or whitespace only")
-        else:
-            valid.append(i)
-    docs: list[tuple[int, list[int], int]] = []  # (index in texts, input_ids, first content token)
-    spans: list[list[tuple[int, int]]] = []
-    table = _byte_level_tokens(tokenizer)
-    if valid and table is not None:
-        valid_texts = [texts[i] for i in valid]
-        ids = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(valid_texts, add_special_tokens=True)]
-        exact, starts, ends = table.char_offsets(valid_texts, ids)
-        counts = np.array([len(ids[j]) - table.prefix - table.suffix for j in exact], dtype=np.int64)
-        spans += _sentence_spans_of_tokens([valid_texts[j] for j in exact], starts, ends, counts, [table.prefix] * len(exact))
-        docs += [(valid[j], ids[j], table.prefix) for j in exact]
-        done = set(exact)
-        valid = [i for j, i in enumerate(valid) if j not in done]
-    if valid:
-        encoding = tokenizer([texts[i] for i in valid], return_offsets_mapping=True, add_special_tokens=True,
-                             return_attention_mask=False, return_token_type_ids=False)
-        special = set(tokenizer.all_special_ids)
-        offset_docs = []  # (index, ids, offsets, first, last)
-        for j, i in enumerate(valid):
-            ids, offsets = encoding["input_ids"][j], encoding["offset_mapping"][j]
-            first, last = _special_bounds(ids, offsets, special)
-            if last == first:
-                results[i] = DocumentSkipped("no_tokens", "document tokenizes to nothing")
-            else:
-                offset_docs.append((i, ids, offsets, first, last))
-        if offset_docs:
-            spans += sentence_token_spans_batch([texts[d[0]] for d in offset_docs], [d[2] for d in offset_docs],
-                                                [d[3] for d in offset_docs], [d[4] for d in offset_docs])
-            docs += [(i, ids, first) for i, ids, _, first, _ in offset_docs]
-    for (i, ids, first), doc_spans in zip(docs, spans):
+    try:
+        tokenized = tokenize_documents(texts, tokenizer, max_length)
+    except ValueError as err:  # a tokenizer adding more special tokens than max_length holds
+        raise DataError(f"data.max_length: {err}") from None
+    results: list = []
+    for text, examples in zip(texts, tokenized):
+        if isinstance(examples, DocumentSkipped):
+            results.append(examples)
+            continue
         try:
-            examples = window_examples(ids, doc_spans, first, max_length)
-        except ValueError as err:  # a tokenizer adding more special tokens than max_length holds
-            raise DataError(f"data.max_length: {err}") from None
-        try:
-            results[i] = choose_document_splits(texts[i], examples, cfg, with_splits)
+            results.append(choose_document_splits(text, examples, cfg, with_splits))
         except DocumentSkipped as skipped:
-            results[i] = skipped
+            results.append(skipped)
     return results
-
-
-_BYTE_LEVEL: dict[int, tuple[Any, ByteLevelTokens | None]] = {}
-
-
-def _byte_level_tokens(tokenizer) -> ByteLevelTokens | None:
-    """The tokenizer's ByteLevelTokens (built once per tokenizer), or None: offsets path. Also None while the
-    backend pads or truncates (a caller's earlier ``tokenizer(..., padding=True)`` leaves that set)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.padding is not None or backend.truncation is not None:
-        return None
-    if id(backend) not in _BYTE_LEVEL:  # the backend is kept with its table, so its id is not reused
-        _BYTE_LEVEL[id(backend)] = (backend, ByteLevelTokens.of(tokenizer))
-    return _BYTE_LEVEL[id(backend)][1]
 
 
 _TOKENIZERS: dict[str, Any] = {}
