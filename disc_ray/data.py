@@ -186,6 +186,10 @@ class DataReport:
     """Tokens the student reads (sum of split lengths)."""
     tokens_per_example: dict[str, float] = field(default_factory=dict)
     """min / mean / p50 / p95 / max of ``num_tokens``."""
+    token_window_fallback: int = 0
+    """Kept documents in which the segmenter found no sentence boundary, cut into token windows instead."""
+    special_token_text: int = 0
+    """Kept documents whose text holds a special token's string (e.g. ``<|im_end|>``), tokenized as text."""
     output_dir: str = ""
     rejects_path: str = ""
     seconds: float = 0.0
@@ -216,6 +220,8 @@ class DataReport:
             "  cleaned: " + (", ".join(f"{rule} {n:,}" for rule, n in sorted(self.cleaned.items())) or "nothing changed"),
             f"  examples {self.examples:,}, tokens {self.tokens:,}, splits {self.splits:,} ({self.split_tokens:,} student tokens)",
         ]
+        lines.append(f"  segmentation: {self.token_window_fallback:,} documents without a sentence boundary cut into token windows; "
+                     f"{self.special_token_text:,} documents hold special-token text (tokenized as text)")
         if stats:
             lines.append("  tokens per example: " + ", ".join(f"{k} {v:,.0f}" if k != "mean" else f"{k} {v:,.1f}" for k, v in stats.items()))
         if self.dropped.get("missing_field", 0) == self.records_read > 0:
@@ -798,6 +804,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("line", pa.int64()),
     ("reason", pa.string()), ("detail", pa.string()), ("preview", pa.string()),
     ("unicode_normalized", pa.bool_()), ("whitespace_collapsed", pa.bool_()),
+    ("token_windows", pa.bool_()), ("special_token_text", pa.bool_()),  # see DocumentExample.segmentation / .special_token_text
     ("doc_hash", pa.int64()), ("order_key", pa.int64()),  # for drop_duplicates: null hash = rejected before cleaning ended
     ("status", pa.string()),
 ])
@@ -842,6 +849,8 @@ def _prepare_batch(block: pa.Table, *, tokenizer_source: str, split: dict, max_l
         out["split_ends"].append([e for _, e in example.split_spans] if example else [])
         out["num_special_prefix"].append(example.num_special_prefix if example else 0)
         out["num_tokens"].append(len(example.input_ids) if example else 0)
+        out["token_windows"].append(example is not None and example.segmentation == "token_windows")
+        out["special_token_text"].append(example is not None and example.special_token_text)
         out["example_index"].append(index)
         for name in copied:
             out[name].append(c[name][i])
@@ -976,13 +985,16 @@ def _summarize(out: Path, rejects_path: Path, report: DataReport, max_length: in
     cleaned = {"unicode_normalized": 0, "whitespace_collapsed": 0}
     for path in _parquet_files(out / KEPT_DIR):
         for batch in pq.ParquetFile(path).iter_batches(columns=["num_tokens", "example_index", "split_starts", "split_ends",
-                                                                 "unicode_normalized", "whitespace_collapsed"]):
+                                                                 "unicode_normalized", "whitespace_collapsed", "token_windows",
+                                                                 "special_token_text"]):
             tokens = batch.column("num_tokens").to_numpy()
             histogram += np.bincount(tokens, minlength=max_length + 1)[: max_length + 1]
             first = batch.column("example_index").to_numpy() == 0
             report.documents_kept += int(first.sum())
             for rule in cleaned:
                 cleaned[rule] += int((batch.column(rule).to_numpy(zero_copy_only=False) & first).sum())
+            report.token_window_fallback += int((batch.column("token_windows").to_numpy(zero_copy_only=False) & first).sum())
+            report.special_token_text += int((batch.column("special_token_text").to_numpy(zero_copy_only=False) & first).sum())
             starts, ends = pc.list_flatten(batch.column("split_starts")), pc.list_flatten(batch.column("split_ends"))
             report.splits += len(starts)
             report.split_tokens += int(pc.sum(pc.subtract(ends, starts)).as_py() or 0)
@@ -1021,7 +1033,9 @@ def _read_kept_rows(out: Path) -> ray.data.Dataset:
 
 def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bool, tokenizer_source: str) -> dict:
     """What decides the rows' content: a processed folder is reused only when this matches."""
-    return {"tokenizer": tokenizer_source, "max_length": data_cfg.max_length, "with_splits": with_splits,
+    from disc_ray.segmentation import VERSION
+
+    return {"tokenizer": tokenizer_source, "segmentation": VERSION, "max_length": data_cfg.max_length, "with_splits": with_splits,
             "split": dataclasses.asdict(split_cfg) if with_splits else None}
 
 

@@ -26,6 +26,8 @@ import re
 from functools import lru_cache
 
 Span = tuple[int, int]
+VERSION = "punkt-english+rules-1"
+"""Recorded with processed rows: a change of the segmenter changes the rows, so they are not reused."""
 
 # Abbreviations Punkt's English model does not list but papers, reports and other languages use.
 EXTRA_ABBREVIATIONS = frozenset("""

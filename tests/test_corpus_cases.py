@@ -141,3 +141,38 @@ def test_inspect_reads_the_case_files(ray_session, capsys):
     assert "read 3 records, kept 2 documents, dropped 1" in printed and "duplicate 1" in printed
     printed = _inspect(capsys, EVAL / "mcq_line_separators.jsonl", "--text-field", "question", "--strategy", "token_random")
     assert "read 2 records, kept 2 documents, dropped 0" in printed
+
+
+@pytest.mark.ray
+def test_lowercase_special_token_text_and_fallback_through_the_pipeline(ray_session, tokenizer, tmp_path):
+    """The case files train: lowercase text has its four sentences, special-token strings stay text (identical
+    rows in the core and the pipeline, no control ids), a document without any boundary falls back to token
+    windows; the report counts the last two."""
+    from disc_ray.data import build_training_dataset, clean_text
+    from disc_ray.records import load_jsonl
+    from disc_ray.splits import SplitConfig, prepare_document
+
+    no_boundary = " ".join(["and then we talked about the weather for a while"] * 12)  # ~120 tokens, no stop at all
+    texts = [row["text"] for row in load_jsonl(CORPUS / "lowercase.jsonl") + load_jsonl(CORPUS / "special_token_text.jsonl")]
+    texts.append(no_boundary)
+    corpus = tmp_path / "cases.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    split_cfg = SplitConfig(num_splits=3, seed=1)
+    dataset, report = build_training_dataset(DataConfig(path=str(corpus), output_dir=str(tmp_path / "out")), split_cfg)
+    assert report.records_read == 4 and report.documents_kept == 4 and report.dropped == {}
+    assert report.special_token_text == 1 and report.token_window_fallback == 1
+    assert "1 documents hold special-token text" in report.format()
+    rows = {row["row"]: row for row in dataset.take_all()}
+    special = set(tokenizer.all_special_ids)
+    for number, text in enumerate(texts):
+        (expected,) = prepare_document(clean_text(text)[0], tokenizer, split_cfg)
+        row = rows[number]
+        assert list(row["input_ids"]) == expected.input_ids
+        assert list(zip(row["split_starts"], row["split_ends"])) == expected.split_spans
+        assert not special & set(expected.input_ids[expected.num_special_prefix:])  # never a control id from the text
+    (lowercase,) = prepare_document(texts[0], tokenizer, split_cfg)
+    assert len(lowercase.sentence_spans) == 4 and len(lowercase.split_spans) == 3
+    (windows,) = prepare_document(no_boundary, tokenizer, split_cfg)
+    assert windows.segmentation == "token_windows" and len(windows.sentence_spans) >= 3
+    decoded = tokenizer.decode(rows[2]["input_ids"])
+    assert "<|im_end|>" in decoded and "<|endoftext|>" in decoded
