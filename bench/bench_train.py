@@ -11,7 +11,6 @@ and documents/s, and the ratios disc/ft and 2 workers/1 worker, all measured in 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 

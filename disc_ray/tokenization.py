@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from disc_ray.segmentation import segment_sentences
-from disc_ray.splits import MIN_SPLIT_TOKENS, DocumentExample, DocumentSkipped, window_examples
+from disc_ray.splits import MIN_SPLIT_TOKENS, DocumentSkipped, window_examples
 
 FALLBACK_WINDOW_TOKENS = 32
 """Piece length (tokens) of the fallback for a document in which no sentence boundary is found."""

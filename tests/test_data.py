@@ -266,7 +266,7 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
     _write_jsonl(corpus / "a.jsonl", [{"text": p} for p in passages[:60]])
     _write_jsonl(corpus / "b.jsonl", [{"text": p} for p in passages[60:120] + passages[:5]])  # 5 duplicates of a.jsonl
     _write_jsonl(corpus / "c.jsonl", [{"text": p} for p in passages[120:]])
-    monkeypatch.setattr(data_module, "_STRIPE_BYTES", 4096)  # files are read by several tasks (every n-th line)
+    monkeypatch.setattr(data_module.sources, "_STRIPE_BYTES", 4096)  # files are read by several tasks (every n-th line)
     runs = []
     for concurrency, batch_rows in ((1, 7), (2, 512)):
         cfg = DataConfig(path=str(corpus), concurrency=concurrency, batch_rows=batch_rows, output_dir=str(tmp_path / f"out{concurrency}"))
@@ -279,7 +279,7 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
     assert all(detail == f"same text as {corpus / 'a.jsonl'}:{i + 1}" for i, (*_, detail) in enumerate(duplicates))
     assert runs[0][2].dropped == runs[1][2].dropped == {"duplicate": 5}
     previews = sorted(r["preview"] for r in _rejects(runs[0][2]) if r["reason"] == "duplicate")
-    assert previews == sorted(data_module._preview(p) for p in passages[:5])  # decoded from the rows' tokens
+    assert previews == sorted(data_module.readers._preview(p) for p in passages[:5])  # decoded from the rows' tokens
     kept_sources = {(Path(r[2]).name, r[3]) for r in runs[0][0]}
     assert ("a.jsonl", 0) in kept_sources and ("b.jsonl", 60) not in kept_sources
 
