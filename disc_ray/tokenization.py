@@ -289,8 +289,9 @@ def tokenize_documents(texts: list, tokenizer, max_length: int = 2048, *, use_of
         done = set(exact)
         valid = [i for j, i in enumerate(valid) if j not in done]
     if valid:
-        encoding = tokenizer([texts[i] for i in valid], return_offsets_mapping=True, add_special_tokens=True,
-                             return_attention_mask=False, return_token_type_ids=False, split_special_tokens=True)
+        with _special_tokens_as_text(tokenizer):  # the backend's setting is restored after the call
+            encoding = tokenizer([texts[i] for i in valid], return_offsets_mapping=True, add_special_tokens=True,
+                                 return_attention_mask=False, return_token_type_ids=False, split_special_tokens=True)
         special = set(tokenizer.all_special_ids)
         offset_docs = []  # (index, ids, offsets, first, last)
         for j, i in enumerate(valid):

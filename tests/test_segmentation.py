@@ -95,3 +95,4 @@ def test_special_token_text_is_text_on_both_tokenizer_paths(tokenizer):
     assert tokenizer.decode(fast[0].input_ids) == text
     assert special & set(tokenizer(text)["input_ids"])  # the tokenizer's default would have made them control ids
     assert not tokenize_documents(["Plain text. Nothing special."], tokenizer)[0][0].special_token_text
+    assert tokenizer.backend_tokenizer.encode_special_tokens is False  # the shared tokenizer is left as it was
