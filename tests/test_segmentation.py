@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from disc_ray.records import load_jsonl
-from disc_ray.segmentation import _punkt, _is_bare, segment_sentences
+from disc_ray.segmentation import _is_bare, _model, segment_sentences
 from disc_ray.splits import MIN_SPLIT_TOKENS, DocumentSkipped, SplitConfig, prepare_document
 from disc_ray.tokenization import FALLBACK_WINDOW_TOKENS, tokenize_documents
 
@@ -20,9 +20,9 @@ from bench_segmentation import SETS, load_labelled, score  # noqa: E402  (the be
 
 CORPUS = REPO / ".." / "shared" / "cases" / "corpus"
 
-# Measured 2026-11-30 (bench/RESULTS.md): gold 1.000 / 0.992 (242 boundaries), held-out 1.000 / 1.000 (76).
+# Measured 2026-11-30 (bench/RESULTS.md): gold 1.000 / 0.996 (246 boundaries), held-out 1.000 / 1.000 (80).
 # One more wrong boundary in either set fails these.
-MEASURED = {"gold": (0.995, 0.99), "heldout": (0.99, 0.99)}
+MEASURED = {"gold": (0.995, 0.995), "heldout": (0.99, 0.99)}
 
 
 @pytest.mark.core
@@ -31,7 +31,7 @@ def test_boundary_precision_and_recall_hold_at_the_measured_level(name):
     scores = score(segment_sentences, load_labelled(SETS[name]))
     precision, recall = MEASURED[name]
     assert scores["all"]["precision"] >= precision and scores["all"]["recall"] >= recall, scores["all"]
-    for category in ("lowercase", "no_space", "abbreviations", "lists_headings", "biomedical"):
+    for category in ("lowercase", "no_space", "abbreviations", "lists_headings", "biomedical", "non_english"):
         assert min(scores[category]["precision"], scores[category]["recall"]) >= 0.9, (category, scores[category])
 
 
@@ -48,7 +48,7 @@ def test_segmenter_is_total_on_odd_text():
 
 @pytest.mark.core
 def test_split_points_never_land_on_a_bare_abbreviation_or_a_one_token_piece(tokenizer):
-    _, abbreviations = _punkt()
+    _, abbreviations = _model()
     cfg = SplitConfig(num_splits=50, seed=0)
     texts = [text for _, text, _ in load_labelled(SETS["gold"]) + load_labelled(SETS["heldout"])]
     texts += ["He met Mr. Ives and Dr. Harlow. They spoke of J. R. Smith, e.g. his U.S. trip. It ended at 5 p.m. today."]
