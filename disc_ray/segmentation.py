@@ -43,7 +43,7 @@ EXTRA_ABBREVIATIONS = frozenset("""
     z.b u.a d.h bzw usw ggf vgl
 """.split())
 
-_NO_SPACE = re.compile(r"(?<=[a-z][a-z][.!?])(?=[(\[\"'“]?[A-Z](?:[a-z]|[A-Z]{2}| ))")  # "the bug.Upgrade now": a stop glued to the next sentence
+_NO_SPACE = re.compile(r"[.!?](?=[(\[\"'“]?[A-Z](?:[a-z]|[A-Z]{2}| ))")  # "the bug.Upgrade now": a stop glued to the next sentence
 _CJK_STOP = re.compile(r"(?<=[。！？])(?=[^\s」』）)”’。！？])")
 _LAST_WORD = re.compile(r"(\S+)\.$")
 _LIST_MARKER = re.compile(r"\(?(?:\d{1,3}|[A-Za-z])[.)]$")
@@ -82,7 +82,7 @@ def _joins_previous(previous: str, piece: str, abbreviations: frozenset) -> bool
 
 _TITLES = frozenset("mr mrs ms dr prof st sen gen capt lt col rep gov sgt rev hon pres messrs mt ft".split())
 _NUMBERED = frozenset("no nos nr vol pp p fig figs tab eq art ch sec ref refs approx ca vs".split())
-_STOP = re.compile(r"(?<!\S)(\S*?)([.!?]+|…)([\"'”’)\]]*)\s+(?=(\S))")
+_STOP = re.compile(r"([.!?]+|…)([\"'”’)\]]*)\s+(?=(\S))")  # a stop, closing quotes / brackets, space, the next character
 _NEWLINE = re.compile(r"\n\s*(?=(\S)(\S?))")
 _OPENERS = "([\"'“‘"
 _CLOSERS = "\"'”’)]"
@@ -110,7 +110,10 @@ def _starts_sentence(word: str, params) -> bool:
 
 
 def _is_boundary(text: str, match: re.Match, params, abbreviations: frozenset) -> bool:
-    raw, stop, close, first = match.group(1), match.group(2), match.group(3), match.group(4)
+    stop, close, first = match.group(1), match.group(2), match.group(3)
+    end = match.start()
+    before = text[max(0, end - 64):end].rsplit(None, 1)
+    raw = before[-1] if before and not text[end - 1:end].isspace() else ""  # the word the stop ends
     word = raw.lstrip(_OPENERS).rstrip(_CLOSERS)
     following = text[match.end():match.end() + 2]
     lower_next = first.islower() or first.isdigit() or (first in _OPENERS and following[1:2].islower())
@@ -162,7 +165,8 @@ def segment_sentences(text: str) -> list[Span]:
             starts.add(match.end())
     if "\n" in text:
         starts.update(_layout_boundaries(text))
-    starts.update(m.start() for m in _NO_SPACE.finditer(text))
+    starts.update(m.end() for m in _NO_SPACE.finditer(text) if text[m.start() - 2:m.start()].isalpha()
+                  and text[m.start() - 2:m.start()].islower())  # "bug.Upgrade": two lowercase letters, a stop, a capital
     if not text.isascii():
         starts.update(m.start() for m in _CJK_STOP.finditer(text))
     first = len(text) - len(text.lstrip())
