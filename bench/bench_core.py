@@ -31,13 +31,15 @@ from pathlib import Path
 
 import torch
 
+from disc_ray.records import load_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 BIOASQ = REPO / ".." / "shared" / "data" / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM datasheet, dense bf16: the MFU denominator
 
 
 def load_passages(n: int) -> list[str]:
-    rows = [json.loads(line) for line in BIOASQ.read_text().splitlines() if line.strip()]
+    rows = load_jsonl(BIOASQ)
     return [row["meta"]["context"] for row in rows[:n]]
 
 
@@ -46,7 +48,7 @@ def load_examples(args) -> list:
     from disc_ray.splits import ROW_COLUMNS, SplitConfig, batch_to_examples, prepare_document
 
     if args.examples:
-        rows = [json.loads(line) for line in Path(args.examples).read_text().splitlines() if line.strip()][: args.documents]
+        rows = load_jsonl(args.examples)[: args.documents]
         return batch_to_examples({name: [row[name] for row in rows] for name in ROW_COLUMNS})
     from disc_ray.models import load_tokenizer
 

@@ -31,9 +31,10 @@ BIOASQ = REPO / ".." / "shared" / "data" / "bioasq_mcq" / "bioasq_mcq_hardest_fu
 
 def build_corpus(folder: Path, documents: int, files: int, seed: int = 0) -> list[str]:
     """Unique documents made of BioASQ sentences (reshuffled), written to ``files`` JSONL files."""
+    from disc_ray.records import load_jsonl
     from disc_ray.splits import segment_sentences
 
-    passages = [json.loads(line)["meta"]["context"] for line in BIOASQ.read_text().splitlines() if line.strip()]
+    passages = [row["meta"]["context"] for row in load_jsonl(BIOASQ)]
     sentences = [p[s:e] for p in passages for s, e in segment_sentences(p)]
     lengths = [len(segment_sentences(p)) for p in passages]
     rng = random.Random(seed)

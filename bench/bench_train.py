@@ -11,11 +11,12 @@ and documents/s, and the ratios disc/ft and 2 workers/1 worker, all measured in 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import ray
+
+from disc_ray.records import load_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 BIOASQ = REPO / ".." / "shared" / "data" / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
@@ -32,7 +33,7 @@ def run_one(objective: str, workers: int, steps: int, rows: list[dict], model_di
     result = build_trainer(cfg, ray.data.from_items(rows), total_steps=steps, model_source=model_dir).fit()
     if result.error:
         raise result.error
-    metrics = [json.loads(line) for line in (Path(storage) / cfg.run.name / "metrics.jsonl").read_text().splitlines()][1:]
+    metrics = load_jsonl(Path(storage) / cfg.run.name / "metrics.jsonl")[1:]
     seconds = sum(m["step_time_s"] for m in metrics)
     return {"tokens_per_s": sum(m["tokens"] for m in metrics) / seconds,
             "documents_per_s": sum(m["documents"] for m in metrics) / seconds}
@@ -49,7 +50,7 @@ def main() -> None:
 
     model_dir = str(embedded_default_dir())
     tokenizer = load_tokenizer(model_dir)
-    texts = [json.loads(line)["meta"]["context"] for line in BIOASQ.read_text().splitlines()[: args.documents]]
+    texts = [row["meta"]["context"] for row in load_jsonl(BIOASQ)[: args.documents]]
     rows = {
         "disc": [example_to_row(e) for t in texts for e in prepare_document(t, tokenizer, SplitConfig(), 1024)],
         "ft": [example_to_row(e) for t in texts for e in prepare_document(t, tokenizer, SplitConfig(), 1024, with_splits=False)],

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
 from disc_ray.evaluation.stats import format_ci
+from disc_ray.records import read_jsonl
 
 METHODS = ("ft", "ft_kl", "disc")
 DOMAIN_METRICS = {"prob": "domain_mcq.prob_correct", "ll_norm": "domain_mcq.accuracy_ll_norm",
@@ -80,13 +81,11 @@ PRESETS = {
 def write_corpus(bioasq_path: Path, documents: int, out: Path) -> Path:
     """The first ``documents`` BioASQ rows with a passage: trained on (``meta.context``) and asked about (MCQ)."""
     rows = []
-    with bioasq_path.open() as f:
-        for line in f:
-            row = json.loads(line)
-            if (row.get("meta") or {}).get("context", "").strip():
-                rows.append(row)
-            if len(rows) == documents:
-                break
+    for _, row in read_jsonl(bioasq_path, "BioASQ file"):
+        if (row.get("meta") or {}).get("context", "").strip():
+            rows.append(row)
+        if len(rows) == documents:
+            break
     if len(rows) < documents:
         raise ValueError(f"{bioasq_path} has {len(rows)} rows with a passage, fewer than the {documents} asked for")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
-"""Sentence segmentation, sentence -> token spans, and DiSC split strategies (pure Python, no torch).
+"""Documents -> training examples, and DiSC split strategies (pure Python, no torch).
 
-A document is tokenized ONCE with character offsets; sentences found by the segmenter are mapped to
-token spans of that single tokenization (re-tokenizing sentences separately would drop the
-whitespace between them and change token ids). A *split* is a token span ``[start, end)`` of the
+A document is tokenized ONCE (:mod:`disc_ray.tokenization`, shared with the Ray Data pipeline);
+sentences found by the segmenter (:mod:`disc_ray.segmentation`) are mapped to token spans of that single
+tokenization (re-tokenizing sentences separately would drop the whitespace between them and change
+token ids). A *split* is a token span ``[start, end)`` of the
 document: the teacher reads ``input_ids[:end]`` (the prefix, then the span), the student reads the
 span alone. Every strategy returns such spans, so one teacher forward over the document serves all.
 
@@ -13,11 +14,12 @@ cut into window-sized pieces). So the teacher's context never exceeds ``max_leng
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
+
+from disc_ray.segmentation import segment_sentences  # noqa: F401  (re-exported: splits.segment_sentences)
 
 MIN_SPLIT_TOKENS = 2  # the loss covers tokens 2..L of a split, so a split needs at least 2 tokens
 Span = tuple[int, int]
@@ -64,42 +66,30 @@ class DocumentExample:
     sentence_spans: list[Span]
     split_spans: list[Span] = field(default_factory=list)
     num_special_prefix: int = 0
+    segmentation: str = "sentences"
+    """``sentences`` (the segmenter's), or ``token_windows``: no sentence boundary was found, so the document
+    was cut into pieces of :data:`disc_ray.tokenization.FALLBACK_WINDOW_TOKENS` tokens."""
+    special_token_text: bool = False
+    """The document's text holds a special token's string (e.g. ``<|im_end|>``), tokenized as plain text."""
 
 
-# --------------------------------------------------------------------------- segmentation
+# --------------------------------------------------------------------------- tokenization
 
 
-def segment_sentences(text: str) -> list[Span]:
-    """Character spans ``[start, end)`` of the sentences of ``text`` (blingfire: ships its model, offline)."""
-    import blingfire  # imported here so the rest of the core (packing, losses) runs where it is not installed
+def tokenize_document(text, tokenizer, max_length: int = 2048) -> list[DocumentExample]:
+    """Tokenize a document once, find its sentences' token spans, window it to ``max_length`` tokens.
 
-    if not text.strip():
-        return []
-    _, offsets = blingfire.text_to_sentences_and_offsets(text)
-    return [(int(s), int(e)) for s, e in offsets if e > s]
-
-
-def sentence_token_spans(text: str, token_offsets: list[Span], sentence_chars: list[Span], first: int) -> list[Span]:
-    """Map sentence character spans to token spans of one tokenization.
-
-    A token belongs to the sentence holding its first non-space character (BPE tokenizers glue the
-    space before a sentence to its first token). Tokens ``[:first]`` are special prefix tokens.
-    Returns contiguous, non-overlapping spans covering tokens ``first..len(token_offsets)``.
+    A batch of one of :func:`disc_ray.tokenization.tokenize_documents`, the implementation the Ray Data
+    pipeline runs too (special-token text stays text; a document with no sentence boundary falls back
+    to token windows). Raises DocumentSkipped for inputs that give nothing to train on (not text,
+    empty, no tokens) and ValueError when ``max_length`` leaves no room after the special prefix.
     """
-    starts = [s for s, _ in sentence_chars]
-    owner = []
-    for start, end in token_offsets[first:]:
-        while start < end and text[start].isspace():
-            start += 1
-        owner.append(max(bisect.bisect_right(starts, start) - 1, 0))
-    spans: list[Span] = []
-    for i, sentence in enumerate(owner):
-        position = first + i
-        if spans and owner[i - 1] == sentence:
-            spans[-1] = (spans[-1][0], position + 1)
-        else:
-            spans.append((position, position + 1))
-    return spans
+    from disc_ray.tokenization import tokenize_documents  # numpy + tokenizer; imported here to keep this module light
+
+    (result,) = tokenize_documents([text], tokenizer, max_length)
+    if isinstance(result, DocumentSkipped):
+        raise result
+    return result
 
 
 def _window_sentence_spans(spans: list[Span], max_content: int) -> list[list[Span]]:
@@ -115,30 +105,6 @@ def _window_sentence_spans(spans: list[Span], max_content: int) -> list[list[Spa
             windows.append([])
         windows[-1].append(piece)
     return [w for w in windows if w]
-
-
-def tokenize_document(text, tokenizer, max_length: int = 2048) -> list[DocumentExample]:
-    """Tokenize a document once (with offsets), find its sentences' token spans, window it to ``max_length``.
-
-    Raises DocumentSkipped for inputs that give nothing to train on (not text, empty, no tokens).
-    """
-    if not isinstance(text, str):
-        raise DocumentSkipped("not_text", f"expected a string document, got {type(text).__name__}")
-    if not text.strip():
-        raise DocumentSkipped("empty", "document is empty or whitespace only")
-    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    special = set(tokenizer.all_special_ids)
-    first = 0
-    while first < len(ids) and ids[first] in special and offsets[first] == (0, 0):
-        first += 1
-    last = len(ids)
-    while last > first and ids[last - 1] in special and offsets[last - 1] == (0, 0):
-        last -= 1  # trailing EOS added by some tokenizers is not part of any sentence
-    if last - first == 0:
-        raise DocumentSkipped("no_tokens", "document tokenizes to nothing")
-    spans = sentence_token_spans(text, offsets[:last], segment_sentences(text), first)
-    return window_examples(ids[:last], spans, first, max_length)
 
 
 def window_examples(ids: list[int], spans: list[Span], first: int, max_length: int) -> list[DocumentExample]:

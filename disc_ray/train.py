@@ -53,6 +53,7 @@ from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
 from disc_ray.loop import build_lr_scheduler, build_optimizer, build_teacher, format_progress, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
+from disc_ray.records import load_jsonl
 from disc_ray.splits import batch_to_examples
 
 CHECKPOINT_LOOP_KEY = "app.loop"  # the DCP entry holding the scheduler and loop state (see AppState)
@@ -186,7 +187,7 @@ def append_metrics_log(run_dir: str | None, metrics: dict, restored_step: int | 
     path = Path(run_dir) / "metrics.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     if restored_step is not None and path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= restored_step]
+        kept = [json.dumps(row) for row in load_jsonl(path) if row.get("step", 0) <= restored_step]
         path.write_text("".join(k + "\n" for k in kept))
     with path.open("a") as f:
         f.write(json.dumps(metrics) + "\n")

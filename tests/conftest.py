@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -78,7 +77,9 @@ def student_teacher(tiny_model):
 
 @pytest.fixture(scope="session")
 def bioasq_passages() -> list[str]:
-    rows = [json.loads(line) for line in BIOASQ.read_text().splitlines() if line.strip()]
+    from disc_ray.records import load_jsonl
+
+    rows = load_jsonl(BIOASQ)
     return [row["meta"]["context"] for row in rows]
 
 

@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from disc_ray import data as data_module
+from disc_ray.records import load_jsonl
 from disc_ray.data import (
     DataConfig,
     DataError,
-    _SentenceSegmenter,
-    _WHITESPACE,
     build_training_dataset,
     clean_text,
     plan_corpus,
@@ -28,7 +27,9 @@ from disc_ray.data import (
     rows_to_examples,
     split_equal_shards,
 )
-from disc_ray.splits import STRATEGIES, DocumentSkipped, SplitConfig, prepare_document, segment_sentences
+from disc_ray.splits import STRATEGIES, DocumentSkipped, SplitConfig, prepare_document
+from disc_ray import tokenization
+from disc_ray.tokenization import ByteLevelTokens, tokenize_documents
 
 REPO = Path(__file__).resolve().parents[1]
 BIOASQ = REPO / ".." / "shared" / "data" / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
@@ -46,7 +47,7 @@ ADVERSARIAL = [
 
 
 def _passages() -> list[str]:
-    return [json.loads(line)["meta"]["context"] for line in BIOASQ.read_text().splitlines() if line.strip()]
+    return [row["meta"]["context"] for row in load_jsonl(BIOASQ)]
 
 
 def _rows(dataset) -> list[tuple]:
@@ -58,7 +59,7 @@ def _rows(dataset) -> list[tuple]:
 
 
 def _rejects(report) -> list[dict]:
-    return [json.loads(line) for line in Path(report.rejects_path).read_text().splitlines()]
+    return load_jsonl(report.rejects_path)
 
 
 def _write_jsonl(path: Path, records: list) -> Path:
@@ -98,25 +99,28 @@ def test_config_errors_name_the_field(kwargs, key):
         DataConfig(path="x.jsonl", **kwargs)
 
 
-def test_fast_segmenter_matches_the_core():
-    segment = _SentenceSegmenter()
-    for text in ADVERSARIAL + _passages()[:50] + ["", "   ", " ".join(_passages()[:40])]:
-        assert segment(text) == segment_sentences(text), text[:80]
-    # the whitespace table covers every whitespace code point
-    assert not any(chr(c).isspace() for c in range(len(_WHITESPACE), sys.maxunicode + 1))
+def test_whitespace_table_covers_every_whitespace_code_point():
+    assert not any(chr(c).isspace() for c in range(len(tokenization._WHITESPACE), sys.maxunicode + 1))
+
+
+def _fields(examples) -> list[tuple]:
+    return [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix, e.segmentation, e.special_token_text) for e in examples]
 
 
 def _assert_batched_is_the_core(texts: list, tokenizer, cfg: SplitConfig, max_length: int = 2048, with_splits: bool = True):
-    """prepare_documents (the pipeline) gives, text by text, exactly what splits.prepare_document (the core) gives."""
+    """prepare_documents (the pipeline, batched) gives, text by text, exactly what splits.prepare_document (the
+    core, a batch of one) gives, and the tokenizer's offsets give the same sentence spans as the offset-free path."""
     for text, got in zip(texts, prepare_documents(texts, tokenizer, cfg, max_length, with_splits)):
+        (by_offsets,) = tokenize_documents([text], tokenizer, max_length, use_offsets=True)
         try:
             expected = prepare_document(text, tokenizer, cfg, max_length, with_splits)
         except DocumentSkipped as skipped:
             assert isinstance(got, DocumentSkipped) and got.reason == skipped.reason, (repr(text), got)
             continue
         assert not isinstance(got, DocumentSkipped), (repr(text), got)
-        assert [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in got] == \
-               [(e.input_ids, e.sentence_spans, e.split_spans, e.num_special_prefix) for e in expected], repr(text)
+        assert _fields(got) == _fields(expected), repr(text)
+        assert [(e.input_ids, e.sentence_spans, e.segmentation) for e in by_offsets] == \
+               [(e.input_ids, e.sentence_spans, e.segmentation) for e in tokenize_documents([text], tokenizer, max_length)[0]], repr(text)
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -149,8 +153,6 @@ def _tokenizer_variant(tokenizer, variant: str):
 def test_offset_free_path_matches_the_core_or_steps_aside(tokenizer, variant, byte_level):
     """Byte-level tokenizers skip the tokenizer's offsets (token lengths give them); anything else, and any
     document whose token lengths do not add up to its bytes, takes the offsets path: same rows either way."""
-    from disc_ray.data import ByteLevelTokens
-
     tok = tokenizer if variant == "as_shipped" else _tokenizer_variant(tokenizer, variant)
     table = ByteLevelTokens.of(tok)
     assert (table is not None) == byte_level
@@ -165,7 +167,7 @@ def test_offset_free_path_matches_the_core_or_steps_aside(tokenizer, variant, by
     _assert_batched_is_the_core(texts, tok, cfg, 64)
     padded = _tokenizer_variant(tokenizer, "as_shipped")
     padded.backend_tokenizer.enable_padding(length=4096)  # a caller's padding left on: the offsets path, unpadded rows
-    assert data_module._byte_level_tokens(padded) is None
+    assert tokenization._byte_level_tokens(padded) is None
     assert [e.input_ids for e in prepare_documents(texts[:1], padded, cfg)[0]] == [e.input_ids for e in prepare_document(texts[0], tokenizer, cfg)]
 
 
@@ -266,7 +268,7 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
     _write_jsonl(corpus / "a.jsonl", [{"text": p} for p in passages[:60]])
     _write_jsonl(corpus / "b.jsonl", [{"text": p} for p in passages[60:120] + passages[:5]])  # 5 duplicates of a.jsonl
     _write_jsonl(corpus / "c.jsonl", [{"text": p} for p in passages[120:]])
-    monkeypatch.setattr(data_module, "_STRIPE_BYTES", 4096)  # files are read by several tasks (every n-th line)
+    monkeypatch.setattr(data_module.sources, "_STRIPE_BYTES", 4096)  # files are read by several tasks (every n-th line)
     runs = []
     for concurrency, batch_rows in ((1, 7), (2, 512)):
         cfg = DataConfig(path=str(corpus), concurrency=concurrency, batch_rows=batch_rows, output_dir=str(tmp_path / f"out{concurrency}"))
@@ -279,7 +281,7 @@ def test_rows_do_not_depend_on_block_order_or_worker_count(ray_session, tmp_path
     assert all(detail == f"same text as {corpus / 'a.jsonl'}:{i + 1}" for i, (*_, detail) in enumerate(duplicates))
     assert runs[0][2].dropped == runs[1][2].dropped == {"duplicate": 5}
     previews = sorted(r["preview"] for r in _rejects(runs[0][2]) if r["reason"] == "duplicate")
-    assert previews == sorted(data_module._preview(p) for p in passages[:5])  # decoded from the rows' tokens
+    assert previews == sorted(data_module.readers._preview(p) for p in passages[:5])  # decoded from the rows' tokens
     kept_sources = {(Path(r[2]).name, r[3]) for r in runs[0][0]}
     assert ("a.jsonl", 0) in kept_sources and ("b.jsonl", 60) not in kept_sources
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import random
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from disc_ray import records
 from disc_ray.evaluation.config import EvalInputError
 
 T = TypeVar("T")
@@ -50,23 +50,7 @@ def file_sha256(path: str | Path) -> str:
 
 def read_jsonl(path: str | Path, what: str = "evaluation file") -> list[tuple[int, dict]]:
     """``(line_number, row)`` for every non-blank line; clear errors for a missing file or bad JSON."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise EvalInputError(f"{what} not found: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalInputError(f"{path}:{number}: malformed row, not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise EvalInputError(f"{path}:{number}: malformed row, expected a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    if not rows:
-        raise EvalInputError(f"{what} is empty: {path}")
-    return rows
+    return records.read_jsonl(path, what, error=EvalInputError)  # splits on "\n" only: U+2028 inside a string is text
 
 
 def _fail(path, number: int, message: str):

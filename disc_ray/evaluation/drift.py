@@ -32,6 +32,7 @@ from disc_ray.evaluation.data import load_prompts, seeded_subset
 from disc_ray.evaluation.prompts import context_window, encode_pair, fit_pair_to_window
 from disc_ray.evaluation.stats import per_item_table
 from disc_ray.evaluation.suite import SuiteResult
+from disc_ray.records import load_jsonl
 
 DRIFT_PROMPTS = (
     "Explain why the sky is blue to a ten-year-old.",
@@ -109,7 +110,7 @@ def reference_responses(original: str, prompts: Sequence[str], *, max_new_tokens
     settings = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "backend": backend_name, "chat_template": True}
     path = reference_cache_path(original, prompts, settings, cfg.cache_dir)
     if path.is_file():
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()], path
+        return load_jsonl(path), path
     own_backend = backend is None
     if own_backend:
         from disc_ray.evaluation.backends import build_backend

@@ -31,6 +31,7 @@ import yaml
 
 from disc_ray.config import ConfigError, build_dataclass
 from disc_ray.config import apply_dotted
+from disc_ray.records import load_jsonl
 from disc_ray.tuning.space import Sweep, load_sweep
 
 SWEEP_FILE = "sweep.yaml"
@@ -130,7 +131,7 @@ def prepare_baseline(sweep: Sweep, model_source: str) -> tuple[Path, list[dict]]
     if previous.exists() and references_path.exists():
         record = json.loads(previous.read_text())
         if record.get("config") == json.loads(json.dumps(sweep.evaluation.to_dict())) and record.get("model") == model_source:
-            references = [json.loads(line) for line in references_path.read_text().splitlines() if line.strip()]
+            references = load_jsonl(references_path)
             log(f"original model: reusing its evaluation in {previous}")
             return out_dir, references[:sweep.drift.num_prompts] if sweep.drift.num_prompts else references
     log(f"evaluating the original model {model_source} once for the whole sweep ({', '.join(sweep.evaluation.suites)})")

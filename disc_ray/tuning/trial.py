@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from disc_ray.config import AdaptConfig, to_dict
+from disc_ray.records import load_jsonl
 from disc_ray.tuning.space import Sweep
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def read_trial_log(sweep_dir: str | Path) -> list[dict]:
     path = Path(sweep_dir) / TRIAL_LOG
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return load_jsonl(path)
 
 
 # --------------------------------------------------------------------------- drift

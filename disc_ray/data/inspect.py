@@ -1,0 +1,145 @@
+"""``disc-ray data inspect``: process a corpus, print counts, the first rejects and sample splits."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from disc_ray.data.config import FORMATS, KEPT_DIR, NORMALIZATION_FORMS, DataConfig, DataError, DataReport
+from disc_ray.data.dedupe import _parquet_files
+from disc_ray.data.pipeline import _resolve_tokenizer, build_training_dataset
+from disc_ray.data.sources import plan_corpus
+from disc_ray.splits import SplitConfig
+
+
+def _sample_rows(out: Path, count: int) -> list[dict]:
+    """The first ``count`` kept examples in (source, row, example_index) order: deterministic."""
+    files = _parquet_files(out / KEPT_DIR)
+
+    def keys():
+        for file_number, path in enumerate(files):
+            table = pq.read_table(path, columns=["source", "row", "example_index"])
+            columns = [table.column(name).to_pylist() for name in ("source", "row", "example_index")]
+            for position, (source, row, index) in enumerate(zip(*columns)):
+                yield source, -1 if row is None else row, index, file_number, position
+
+    chosen = heapq.nsmallest(count, keys())
+    return [pq.read_table(files[file_number]).slice(position, 1).to_pylist()[0] for *_, file_number, position in chosen]
+
+
+def format_samples(rows: list[dict], tokenizer, max_splits: int = 3, context_chars: int = 60) -> str:
+    """Show what the teacher and the student read for a few splits of a few examples."""
+    lines = []
+    for number, row in enumerate(rows, start=1):
+        ids = row["input_ids"]
+        where = f"{row['source']}:{row['row'] + 1}" if row.get("line") else f"{row['source']} row {row['row']}"
+        lines.append(f"sample {number}: {where} doc {row['doc_id']} window {row['example_index']}: "
+                     f"{len(ids)} tokens, {len(row['split_starts'])} splits")
+        for start, end in list(zip(row["split_starts"], row["split_ends"]))[:max_splits]:
+            context = tokenizer.decode(ids[row["num_special_prefix"]:start])
+            context = ("..." + context[-context_chars:]) if len(context) > context_chars else context
+            student = tokenizer.decode(ids[start:end])
+            lines.append(f"  split [{start}, {end}): teacher context {start} tokens {' '.join(context.split())!r}")
+            lines.append(f"      student reads {end - start} tokens {' '.join(student.split())!r}")
+    return "\n".join(lines)
+
+
+def inspect_corpus(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bool = True, samples: int = 3,
+                   show_paths: bool = True) -> tuple[DataReport, str]:
+    """Process the corpus; return the report and a text with the report, the first rejects and ``samples`` sample splits."""
+    from disc_ray.models import load_tokenizer
+
+    _, report = build_training_dataset(data_cfg, split_cfg, with_splits)
+    text = report.format(paths=show_paths)
+    rejects = _first_rejects(Path(report.rejects_path), samples)
+    if rejects:
+        text += "\nfirst rejects:\n" + "\n".join(rejects)
+    rows = _sample_rows(Path(report.output_dir), samples) if samples and report.examples else []
+    if rows:
+        text += "\n" + format_samples(rows, load_tokenizer(_resolve_tokenizer(data_cfg.tokenizer)))
+    return report, text
+
+
+def _first_rejects(path: Path, count: int) -> list[str]:
+    lines = []
+    if count and path.is_file():
+        with path.open() as rejects:
+            for line in itertools.islice(rejects, count):
+                record = json.loads(line)
+                where = f"{record['path']}:{record['line']}" if record["line"] else f"{record['path']} row {record['row']}"
+                lines.append(f"  {where}: {record['reason']}: {record['detail']}")
+    return lines
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="corpus pipeline: inspect a corpus, write processed rows")
+    commands = parser.add_subparsers(dest="data_command", required=True)
+    inspect = commands.add_parser("inspect", help="read, clean, tokenize and split a corpus; print counts and samples")
+    inspect.add_argument("corpus", help="JSONL(.gz) / Parquet / text file or folder, glob, save_to_disk folder, or hub id")
+    defaults = DataConfig()
+    inspect.add_argument("--format", default="auto", choices=FORMATS)
+    inspect.add_argument("--text-field", default=defaults.text_field, help="field with the text; dotted paths reach into nested JSON")
+    inspect.add_argument("--records-key", default=None, help=".json files holding an object: the key of its list of records")
+    inspect.add_argument("--tokenizer", default=defaults.tokenizer, help="model name or path whose tokenizer to use")
+    inspect.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per example (window)")
+    inspect.add_argument("--min-chars", type=int, default=defaults.min_chars)
+    inspect.add_argument("--max-chars", type=int, default=defaults.max_chars)
+    inspect.add_argument("--normalize-unicode", default=defaults.normalize_unicode, choices=NORMALIZATION_FORMS)
+    inspect.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
+    inspect.add_argument("--strategy", default=SplitConfig.strategy, help="split strategy (see disc_ray.splits.STRATEGIES)")
+    inspect.add_argument("--num-splits", type=int, default=SplitConfig.num_splits)
+    inspect.add_argument("--seed", type=int, default=SplitConfig.seed)
+    inspect.add_argument("--no-splits", action="store_true", help="rows for ft / ft_kl (no split sampling)")
+    inspect.add_argument("--strict", action="store_true", help="stop at the first bad record instead of counting it")
+    inspect.add_argument("--rejects", default=None, help="where to write the rejects JSONL (default: OUT/rejects.jsonl)")
+    inspect.add_argument("--out", default=None, help="write processed rows here (Parquet, reusable as data.path)")
+    inspect.add_argument("--samples", type=int, default=3, help="sample examples to print")
+    inspect.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
+    inspect.add_argument("--ray-address", default=None, help="cluster to run on (default: $RAY_ADDRESS or a local instance)")
+    inspect.set_defaults(run=run_inspect)
+
+
+def run_inspect(args, rest) -> int:
+    import sys
+
+    import ray
+
+    keep = args.out is not None
+    try:
+        data_cfg = DataConfig(path=args.corpus, format=args.format, text_field=args.text_field, records_key=args.records_key, tokenizer=args.tokenizer,
+                              max_length=args.max_length, min_chars=args.min_chars, max_chars=args.max_chars,
+                              normalize_unicode=args.normalize_unicode, dedupe=not args.no_dedupe, strict=args.strict,
+                              rejects_path=args.rejects, output_dir=args.out)
+        split_cfg = SplitConfig(strategy=args.strategy, num_splits=args.num_splits, seed=args.seed)
+    except ValueError as err:
+        print(f"disc-ray data inspect: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        plan_corpus(data_cfg)  # a missing path or a bad schema fails here, before Ray starts
+    except DataError as err:
+        print(f"disc-ray data inspect: error: {err.message}", file=sys.stderr)
+        return 2
+    if not ray.is_initialized():
+        address = args.ray_address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR",
+                 **({} if address else {"num_cpus": args.num_cpus}))
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        report, text = inspect_corpus(data_cfg, split_cfg, with_splits=not args.no_splits, samples=args.samples, show_paths=keep)
+    except DataError as err:
+        print(f"disc-ray data inspect: error: {err.message}", file=sys.stderr)
+        return 2
+    print(text)
+    if keep:
+        print(f"processed rows: {Path(report.output_dir) / KEPT_DIR} (reuse with data.path={report.output_dir})")
+    else:
+        shutil.rmtree(report.output_dir, ignore_errors=True)  # the rejects file stays if --rejects put it elsewhere
+    return 0
