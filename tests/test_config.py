@@ -57,3 +57,15 @@ def test_yaml_and_overrides_through_one_loader(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping at the top level"):
         load_config(AdaptConfig, path)
+
+
+def test_data_inspect_reads_its_config_through_the_same_loader(tmp_path):
+    from disc_ray.data.inspect import load_inspect_config
+
+    path = tmp_path / "job.yaml"  # a main-job config: inspect takes its data and split sections
+    path.write_text("data:\n  text_field: meta.context\nsplit:\n  seed: 9\ntrain:\n  lr: 1.0e-5\n")
+    cfg = load_inspect_config("corpus.jsonl", str(path), ["--split.strategy", "token_random", "--data.dedupe=false"])
+    assert (cfg.data.path, cfg.data.text_field, cfg.data.dedupe) == ("corpus.jsonl", "meta.context", False)
+    assert (cfg.split.seed, cfg.split.strategy) == (9, "token_random")
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.text_feild' \(did you mean 'data.text_field'\?\)"):
+        load_inspect_config("corpus.jsonl", None, ["--data.text_feild", "x"])

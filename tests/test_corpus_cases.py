@@ -139,7 +139,7 @@ def test_inspect_reads_the_case_files(ray_session, capsys):
     assert "read 2 records, kept 2 documents, dropped 0" in printed
     printed = _inspect(capsys, CORPUS / "dictionary_text.parquet")
     assert "read 3 records, kept 2 documents, dropped 1" in printed and "duplicate 1" in printed
-    printed = _inspect(capsys, EVAL / "mcq_line_separators.jsonl", "--text-field", "question", "--strategy", "token_random")
+    printed = _inspect(capsys, EVAL / "mcq_line_separators.jsonl", "--data.text_field", "question", "--split.strategy", "token_random")
     assert "read 2 records, kept 2 documents, dropped 0" in printed
 
 

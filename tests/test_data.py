@@ -543,7 +543,7 @@ def test_cli_inspect_prints_counts_and_samples_and_writes_reusable_rows(ray_sess
     from disc_ray.cli import main
 
     out = tmp_path / "processed"
-    assert main(["data", "inspect", str(BIOASQ), "--text-field", "meta.context", "--out", str(out), "--samples", "2"]) == 0
+    assert main(["data", "inspect", str(BIOASQ), "--data.text_field", "meta.context", "--data.output_dir", str(out), "--samples", "2"]) == 0
     printed = capsys.readouterr().out
     assert "read 208 records" in printed and "tokens per example" in printed
     assert printed.count("student reads") >= 2 and "sample 2:" in printed

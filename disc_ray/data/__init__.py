@@ -6,7 +6,7 @@ rows the objective trains on are written to Parquet; training then reads those r
 Processing once gives exact counts before training starts (the trainer plans its steps from them),
 writes every rejected record to a rejects file, and spares re-tokenizing the corpus every epoch.
 
-    disc-ray data inspect ../shared/data/bioasq_mcq/bioasq_mcq_hardest_full.jsonl --text-field meta.context
+    disc-ray data inspect ../shared/data/bioasq_mcq/bioasq_mcq_hardest_full.jsonl --data.text_field meta.context
     dataset, report = build_training_dataset(DataConfig(path=..., text_field="meta.context"), SplitConfig())
 
 Stages (all fused into one Ray Data task per read unit, so a block goes from file to Parquet without

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import heapq
 import itertools
 import json
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from disc_ray.data.config import FORMATS, KEPT_DIR, NORMALIZATION_FORMS, DataConfig, DataError, DataReport
+from disc_ray.data.config import KEPT_DIR, DataConfig, DataError, DataReport
 from disc_ray.data.dedupe import _parquet_files
 from disc_ray.data.pipeline import _resolve_tokenizer, build_training_dataset
 from disc_ray.data.sources import plan_corpus
@@ -77,32 +79,45 @@ def _first_rejects(path: Path, count: int) -> list[str]:
     return lines
 
 
+@dataclasses.dataclass(frozen=True)
+class InspectConfig:
+    """What ``disc-ray data inspect`` takes: the corpus pipeline's and the split sampler's keys, as the main job
+    names them (``--data.text_field meta.context``, ``--split.strategy token_random``)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+
+
 def add_cli(subparsers) -> None:
+    from disc_ray.config import format_config_help
+
     parser = subparsers.add_parser("data", help="corpus pipeline: inspect a corpus, write processed rows")
     commands = parser.add_subparsers(dest="data_command", required=True)
-    inspect = commands.add_parser("inspect", help="read, clean, tokenize and split a corpus; print counts and samples")
-    inspect.add_argument("corpus", help="JSONL(.gz) / Parquet / text file or folder, glob, save_to_disk folder, or hub id")
-    defaults = DataConfig()
-    inspect.add_argument("--format", default="auto", choices=FORMATS)
-    inspect.add_argument("--text-field", default=defaults.text_field, help="field with the text; dotted paths reach into nested JSON")
-    inspect.add_argument("--records-key", default=None, help=".json files holding an object: the key of its list of records")
-    inspect.add_argument("--tokenizer", default=defaults.tokenizer, help="model name or path whose tokenizer to use")
-    inspect.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per example (window)")
-    inspect.add_argument("--min-chars", type=int, default=defaults.min_chars)
-    inspect.add_argument("--max-chars", type=int, default=defaults.max_chars)
-    inspect.add_argument("--normalize-unicode", default=defaults.normalize_unicode, choices=NORMALIZATION_FORMS)
-    inspect.add_argument("--no-dedupe", action="store_true", help="keep exact duplicates")
-    inspect.add_argument("--strategy", default=SplitConfig.strategy, help="split strategy (see disc_ray.splits.STRATEGIES)")
-    inspect.add_argument("--num-splits", type=int, default=SplitConfig.num_splits)
-    inspect.add_argument("--seed", type=int, default=SplitConfig.seed)
-    inspect.add_argument("--no-splits", action="store_true", help="rows for ft / ft_kl (no split sampling)")
-    inspect.add_argument("--strict", action="store_true", help="stop at the first bad record instead of counting it")
-    inspect.add_argument("--rejects", default=None, help="where to write the rejects JSONL (default: OUT/rejects.jsonl)")
-    inspect.add_argument("--out", default=None, help="write processed rows here (Parquet, reusable as data.path)")
+    inspect = commands.add_parser(
+        "inspect", help="read, clean, tokenize and split a corpus; print counts and samples",
+        description="Read, clean, tokenize and split a corpus; print counts, the first rejects and sample splits. "
+                    "Config keys as in the main job: --data.text_field meta.context --split.strategy token_random; "
+                    "--data.output_dir DIR keeps the processed rows (reusable as data.path).",
+        epilog=format_config_help(InspectConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    inspect.add_argument("corpus", help="JSONL(.gz) / .json / Parquet / text file or folder, glob, save_to_disk folder, or hub id "
+                                        "(sets data.path)")
+    inspect.add_argument("--config", help="YAML file with data: / split: sections (a main-job config works too: "
+                                          "its other sections are ignored)")
     inspect.add_argument("--samples", type=int, default=3, help="sample examples to print")
+    inspect.add_argument("--no-splits", action="store_true", help="rows for ft / ft_kl (no split sampling)")
     inspect.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
     inspect.add_argument("--ray-address", default=None, help="cluster to run on (default: $RAY_ADDRESS or a local instance)")
-    inspect.set_defaults(run=run_inspect)
+    inspect.set_defaults(run=run_inspect, accepts_overrides=True)
+
+
+def load_inspect_config(corpus: str, config_path: str | None, overrides: list[str]) -> InspectConfig:
+    """``InspectConfig`` through the one config loader; only the ``data`` / ``split`` sections of a YAML file are read."""
+    from disc_ray.config import apply_dotted, build_dataclass, parse_overrides, read_yaml_mapping
+
+    values = read_yaml_mapping(config_path) if config_path else {}
+    values = {k: v for k, v in values.items() if k in ("data", "split")}
+    values = apply_dotted(values, {"data.path": corpus})
+    return build_dataclass(InspectConfig, apply_dotted(values, parse_overrides(overrides)))
 
 
 def run_inspect(args, rest) -> int:
@@ -110,16 +125,15 @@ def run_inspect(args, rest) -> int:
 
     import ray
 
-    keep = args.out is not None
+    from disc_ray.config import ConfigError
+
     try:
-        data_cfg = DataConfig(path=args.corpus, format=args.format, text_field=args.text_field, records_key=args.records_key, tokenizer=args.tokenizer,
-                              max_length=args.max_length, min_chars=args.min_chars, max_chars=args.max_chars,
-                              normalize_unicode=args.normalize_unicode, dedupe=not args.no_dedupe, strict=args.strict,
-                              rejects_path=args.rejects, output_dir=args.out)
-        split_cfg = SplitConfig(strategy=args.strategy, num_splits=args.num_splits, seed=args.seed)
-    except ValueError as err:
+        cfg = load_inspect_config(args.corpus, args.config, rest)
+    except ConfigError as err:
         print(f"disc-ray data inspect: error: {err}", file=sys.stderr)
         return 2
+    data_cfg, split_cfg = cfg.data, cfg.split
+    keep = data_cfg.output_dir is not None
     try:
         plan_corpus(data_cfg)  # a missing path or a bad schema fails here, before Ray starts
     except DataError as err:
@@ -141,5 +155,5 @@ def run_inspect(args, rest) -> int:
     if keep:
         print(f"processed rows: {Path(report.output_dir) / KEPT_DIR} (reuse with data.path={report.output_dir})")
     else:
-        shutil.rmtree(report.output_dir, ignore_errors=True)  # the rejects file stays if --rejects put it elsewhere
+        shutil.rmtree(report.output_dir, ignore_errors=True)  # the rejects file stays if data.rejects_path put it elsewhere
     return 0

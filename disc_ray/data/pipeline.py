@@ -188,7 +188,7 @@ def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_spl
 
 
 def load_processed_dataset(path: str, expect: dict | None = None) -> tuple[ray.data.Dataset, DataReport]:
-    """Rows written by a previous run (``disc-ray data inspect --out DIR``); ``expect``: a fingerprint to match."""
+    """Rows written by a previous run (``disc-ray data inspect --data.output_dir DIR``); ``expect``: a fingerprint to match."""
     out = Path(path).expanduser()
     stored = json.loads((out / REPORT_FILE).read_text())
     if expect is not None and stored.get("fingerprint") != expect:
