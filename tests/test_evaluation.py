@@ -251,14 +251,16 @@ def test_job_bad_inputs_give_one_line_errors(tmp_path, embedded_dir):
     no_tokenizer = tmp_path / "model_without_tokenizer"
     no_tokenizer.mkdir()
     (no_tokenizer / "config.json").write_text((embedded_dir / "config.json").read_text())
-    _assert_clean_error(run_job(str(embedded_dir), "--suites", "domain_mcq", "--mcq-path", str(tmp_path / "nope.jsonl")),
+    _assert_clean_error(run_job(str(embedded_dir), "--evaluation.suites", "domain_mcq", "--evaluation.mcq_path", str(tmp_path / "nope.jsonl")),
                         "MCQ file not found")
-    _assert_clean_error(run_job(str(embedded_dir), "--suites", "domain_mcq", "--mcq-path", str(bad_rows)),
+    _assert_clean_error(run_job(str(embedded_dir), "--evaluation.suites", "domain_mcq", "--evaluation.mcq_path", str(bad_rows)),
                         f"{bad_rows}:2: malformed row")
-    _assert_clean_error(run_job(str(no_tokenizer), "--suites", "domain_mcq"), "has no tokenizer")
-    _assert_clean_error(run_job(str(tmp_path / "no_such_model"), "--suites", "domain_mcq"), "does not exist")
-    _assert_clean_error(run_job(str(embedded_dir), "--suites", "drift"), "needs the original model")
-    _assert_clean_error(run_job(str(embedded_dir), "--suites", "domain_mcq", "--backend", "vllm"), "vLLM")
+    _assert_clean_error(run_job(str(no_tokenizer), "--evaluation.suites", "domain_mcq"), "has no tokenizer")
+    _assert_clean_error(run_job(str(tmp_path / "no_such_model"), "--evaluation.suites", "domain_mcq"), "does not exist")
+    _assert_clean_error(run_job(str(embedded_dir), "--evaluation.suites", "drift"), "needs the original model")
+    _assert_clean_error(run_job(str(embedded_dir), "--evaluation.suites", "domain_mcq", "--evaluation.backend", "vllm"), "vLLM")
+    _assert_clean_error(run_job(str(embedded_dir), "--evaluation.limt", "2"),
+                        "unknown config key 'evaluation.limt' (did you mean 'evaluation.limit'?)")
 
 
 def test_vllm_backends_fail_clearly_without_vllm(embedded_dir):

@@ -250,9 +250,10 @@ def test_evaluate_job_end_to_end_on_tiny_models(tmp_path, tiny_dir, embedded_dir
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "evaluate.py"), str(adapted_dir), "--baseline", str(tiny_dir),
-         "--suites", "domain_mcq,ifeval,drift", "--limit", "2", "--n-samples", "2", "--mcq-max-new-tokens", "6",
-         "--max-new-tokens", "6", "--drift-max-new-tokens", "6", "--mcq-path", str(BIOASQ), "--out", str(out),
-         "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--no-progress"],
+         "--evaluation.suites", "domain_mcq,ifeval,drift", "--evaluation.limit", "2", "--evaluation.n_samples", "2",
+         "--evaluation.mcq_max_new_tokens", "6", "--evaluation.max_new_tokens", "6", "--evaluation.drift_max_new_tokens", "6",
+         "--evaluation.mcq_path", str(BIOASQ), "--out", str(out), "--evaluation.cache_dir", str(tmp_path / "cache"),
+         "--evaluation.device", "cpu", "--evaluation.progress", "false"],
         capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "eval.json").read_text())
@@ -294,14 +295,15 @@ def test_baseline_can_be_a_previous_eval_json(tmp_path, tiny_dir, student_teache
     adapted_dir = tmp_path / "adapted"
     adapted.save_pretrained(adapted_dir)
     tokenizer.save_pretrained(adapted_dir)
-    common = ["--suites", "domain_mcq", "--mcq-modes", "ll", "--limit", "2", "--mcq-limit", "3", "--mcq-path", str(BIOASQ),
-              "--no-progress", "--device", "cpu"]
+    config = tmp_path / "eval.yaml"  # the evaluation section from a file, overridden on the command line
+    config.write_text(f"evaluation:\n  suites: [domain_mcq]\n  mcq_modes: [ll]\n  limit: 2\n  mcq_path: {BIOASQ}\n")
+    common = ["--config", str(config), "--evaluation.mcq_limit", "3", "--evaluation.progress", "false", "--evaluation.device", "cpu"]
     assert main([str(tiny_dir), "--out", str(tmp_path / "base_eval"), *common]) == 0
     assert main([str(adapted_dir), "--baseline", str(tmp_path / "base_eval"), "--out", str(tmp_path / "eval"), *common]) == 0
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     base = json.loads((tmp_path / "base_eval" / "eval.json").read_text())
     assert record["baseline"]["model"] == str(tiny_dir) and record["baseline"]["suites"] == base["suites"]
-    assert record["suites"]["domain_mcq"]["n"] == 3  # --mcq-limit, not --limit, sets the MCQ subset
+    assert record["suites"]["domain_mcq"]["n"] == 3  # mcq_limit, not limit, sets the MCQ subset
     assert set(record["deltas"]["domain_mcq"]) == {"accuracy_ll", "accuracy_ll_norm", "prob_correct", "margin"}
     paired = record["delta_ci"]["domain_mcq"]  # the same 3 questions: paired intervals around the point deltas
     for metric, delta in record["deltas"]["domain_mcq"].items():

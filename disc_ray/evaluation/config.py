@@ -146,7 +146,7 @@ class EvalConfig:
         if self.max_drop < 0:
             raise EvalInputError(f"max_drop must be >= 0, got {self.max_drop}")
         if "domain_qa" in self.suites and not self.qa_path:
-            raise EvalInputError("the domain_qa suite needs a qa_path (--qa-path FILE.jsonl)")
+            raise EvalInputError("the domain_qa suite needs a qa_path (--evaluation.qa_path FILE.jsonl)")
 
     def replace(self, **changes) -> "EvalConfig":
         return dataclasses.replace(self, **changes)

@@ -1,8 +1,8 @@
 """Evaluate a model (and optionally its original, the baseline) and write ``eval.json`` + ``eval.md``.
 
-    python jobs/evaluate.py MODEL_DIR [--baseline ORIGINAL] --suites domain_mcq,ifeval,drift [--backend hf]
-                            [--limit N] [--mcq-path FILE] [--out DIR]
-    disc-ray evaluate ...   (same options)
+    python jobs/evaluate.py MODEL_DIR [--baseline ORIGINAL] [--out DIR] [--config FILE]
+        [--evaluation.suites domain_mcq,ifeval,drift] [--evaluation.backend hf] [--evaluation.limit N] ...
+    disc-ray evaluate ...   (same options; --help lists every evaluation key)
 
 ``eval.json``: ``{"model", "name", "backend", "seed", "suites": {suite: metrics}, "baseline": {"model",
 "suites"}, "deltas": {suite: {metric: model - baseline}}, "delta_ci": {suite: {metric: {"delta", "ci", "n",
@@ -17,14 +17,14 @@ run before any model is loaded, with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 import time
 from pathlib import Path
 
-from disc_ray.evaluation.config import (BACKENDS, BUILTIN_SUITES, LM_EVAL_PREFIX, BackendUnavailableError, EvalConfig,
-                                        EvalInputError, VLLMConfig)
+from disc_ray.evaluation.config import LM_EVAL_PREFIX, BackendUnavailableError, EvalConfig, EvalInputError
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.selection import judge, run_scores
 from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites, format_ci
@@ -231,7 +231,7 @@ def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_di
     if "drift" in cfg.suites and original is None:
         original = original_from_manifest(model)
         if original is None:
-            raise EvalInputError("the drift suite needs the original model: pass --baseline ORIGINAL (or leave drift out of --suites)")
+            raise EvalInputError("the drift suite needs the original model: pass --baseline ORIGINAL (or leave drift out of --evaluation.suites)")
         log(f"drift is measured from {original} (read from {model}/run.json)")
     out_dir = Path(out_dir) if out_dir else default_out_dir(model)
     samples: dict[str, list] = {}
@@ -337,74 +337,47 @@ def write_outputs(record: dict, samples: dict[str, list], out_dir: str | Path) -
 # --------------------------------------------------------------------------- command line
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluateJobConfig:
+    """What ``jobs/evaluate.py`` reads through the one config loader: the ``evaluation`` section, as sweep files
+    name it (``--evaluation.suites domain_mcq,ifeval --evaluation.limit 100``)."""
+
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
 def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
-    defaults = EvalConfig()
-    p = argparse.ArgumentParser(prog=prog, description="Evaluate an adapted model: domain knowledge, instruction following, drift.")
+    from disc_ray.config import format_config_help
+
+    p = argparse.ArgumentParser(
+        prog=prog, description="Evaluate an adapted model: domain knowledge, instruction following, drift. "
+                               "Any evaluation key is an option: --evaluation.limit 100.",
+        epilog=format_config_help(EvaluateJobConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL_DIR", help="HF model dir, .gguf, hub id or 'smollm2-135m-instruct'")
     p.add_argument("--baseline", metavar="ORIGINAL", help="the original model (or a previous eval.json / its folder)")
-    p.add_argument("--suites", default=",".join(defaults.suites),
-                   help=f"comma-separated: {', '.join(BUILTIN_SUITES)}, lm_eval:<task> (default %(default)s)")
-    p.add_argument("--backend", choices=BACKENDS, default=defaults.backend)
-    p.add_argument("--limit", type=int, help="at most N items per suite (a subset fixed by --seed)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--config", help="YAML file with an evaluation: section (a sweep file's works too)")
     p.add_argument("--out", help="output folder (default MODEL_DIR/eval)")
     p.add_argument("--name", help="run name in tables and plots (default: the model folder's name)")
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--dtype", default=defaults.dtype)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--mcq-path", default=defaults.mcq_path)
-    p.add_argument("--mcq-limit", type=int, help="at most N MCQ questions (default: --limit)")
-    p.add_argument("--mcq-modes", default=",".join(defaults.mcq_modes), help="ll, gen or ll,gen")
-    p.add_argument("--n-samples", type=int, default=defaults.n_samples)
-    p.add_argument("--temperature", type=float, default=defaults.temperature)
-    p.add_argument("--mcq-max-new-tokens", type=int, default=defaults.mcq_max_new_tokens)
-    p.add_argument("--qa-path")
-    p.add_argument("--ifeval-path", default=defaults.ifeval_path)
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="IFEval response length")
-    p.add_argument("--drift-prompts", help="JSONL of {'prompt': ...} (default: built-in general prompts)")
-    p.add_argument("--drift-num-prompts", type=int, default=defaults.drift_num_prompts)
-    p.add_argument("--drift-max-new-tokens", type=int, default=defaults.drift_max_new_tokens)
-    p.add_argument("--max-drop", type=float, default=defaults.max_drop, help="selection rule's D (points)")
-    p.add_argument("--skill-metrics", default=",".join(defaults.skill_metrics))
-    p.add_argument("--bootstrap-resamples", type=int, default=defaults.bootstrap_resamples,
-                   help="resamples behind every 95%% interval (default %(default)s)")
-    p.add_argument("--bootstrap-seed", type=int, default=defaults.bootstrap_seed, help="seed of the intervals' bootstrap")
-    p.add_argument("--tensor-parallel-size", type=int, default=VLLMConfig().tensor_parallel_size)
-    p.add_argument("--max-model-len", type=int, default=VLLMConfig().max_model_len)
-    p.add_argument("--gpu-memory-utilization", type=float, default=VLLMConfig().gpu_memory_utilization)
-    p.add_argument("--replicas", type=int, default=VLLMConfig().replicas, help="ray_vllm: engine replicas")
-    p.add_argument("--cache-dir")
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def _split(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+def load_eval_config(config_path: str | None, overrides: list[str]) -> EvalConfig:
+    """``EvalConfig`` from a YAML file's ``evaluation`` section and ``--evaluation.key value`` overrides (one loader)."""
+    from disc_ray.config import apply_dotted, build_dataclass, parse_overrides, read_yaml_mapping
 
-
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    vllm = VLLMConfig(tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
-                        gpu_memory_utilization=args.gpu_memory_utilization, replicas=args.replicas)
-    return EvalConfig(
-        suites=_split(args.suites), backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
-        limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, mcq_path=args.mcq_path,
-        mcq_limit=args.mcq_limit, mcq_modes=_split(args.mcq_modes), n_samples=args.n_samples, temperature=args.temperature,
-        mcq_max_new_tokens=args.mcq_max_new_tokens, qa_path=args.qa_path, ifeval_path=args.ifeval_path,
-        max_new_tokens=args.max_new_tokens, drift_prompts_path=args.drift_prompts, drift_num_prompts=args.drift_num_prompts,
-        drift_max_new_tokens=args.drift_max_new_tokens, max_drop=args.max_drop, skill_metrics=_split(args.skill_metrics),
-        cache_dir=args.cache_dir, vllm=vllm, bootstrap_resamples=args.bootstrap_resamples,
-        bootstrap_seed=args.bootstrap_seed,
-    )
+    values = read_yaml_mapping(config_path) if config_path else {}
+    values = {k: v for k, v in values.items() if k == "evaluation"}
+    return build_dataclass(EvaluateJobConfig, apply_dotted(values, parse_overrides(overrides))).evaluation
 
 
 def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:
+    from disc_ray.config import ConfigError
     from disc_ray.models import ModelLoadError
 
-    args = build_arg_parser(prog).parse_args(argv)
+    args, rest = build_arg_parser(prog).parse_known_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = load_eval_config(args.config, rest)
         record = evaluate(args.model, cfg, baseline=args.baseline, out_dir=args.out, name=args.name)
-    except (EvalInputError, ModelLoadError, BackendUnavailableError) as err:
+    except (ConfigError, EvalInputError, ModelLoadError, BackendUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_markdown(record))
