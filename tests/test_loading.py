@@ -1,0 +1,128 @@
+"""Memory-lean loading (meta device -> FSDP2 shards -> each rank reads its slices) against the full-copy path.
+
+Two gloo processes (torch.multiprocessing, no Ray) run the same set-up function as a Ray Train worker
+(:func:`disc_ray.loading.build_sharded_models`) both ways on a tiny model with tied embeddings, then two DiSC
+optimizer steps; rank 0 writes the full state dicts, buffers and losses for the test to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from disc_ray.models import build_tiny_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_up_and_step(rank: int, world_size: int, port: int, model_dir: str, texts: list[str], out: str,
+                    variants: list[tuple[str, bool, str]]) -> None:
+    """One gloo rank: for each (name, lean, teacher_dtype) variant, build the sharded models, gather their full
+    state, then take two DiSC steps on this rank's documents; rank 0 saves everything to ``out``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from disc_ray.config import TrainConfig
+    from disc_ray.loading import build_sharded_models
+    from disc_ray.loop import build_lr_scheduler, build_optimizer, normalizer_of, train_step
+    from disc_ray.objectives import ObjectiveConfig, pack_batch
+    from disc_ray.splits import SplitConfig, prepare_document
+
+    results = {}
+    for name, lean, teacher_dtype in variants:
+        torch.manual_seed(0)
+        models = build_sharded_models(model_dir, needs_teacher=True, teacher_dtype=getattr(torch, teacher_dtype),
+                                      device=torch.device("cpu"), mixed_precision=False, lean=lean)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        student_state = get_model_state_dict(models.student, options=options)
+        teacher_state = get_model_state_dict(models.teacher, options=options)
+        buffers = {n: b.clone() for n, b in models.student.named_buffers()}
+        teacher_buffers = {n: b.clone() for n, b in models.teacher.named_buffers()}
+        tied = models.student.lm_head.weight is models.student.model.embed_tokens.weight
+        examples = [prepare_document(t, models.tokenizer, SplitConfig())[0] for t in texts]
+        obj = ObjectiveConfig()
+        train_cfg = TrainConfig(lr=3e-3)
+        optimizer = build_optimizer(models.student, train_cfg)
+        scheduler = build_lr_scheduler(optimizer, train_cfg, 2)
+        losses = []
+        for step in range(2):
+            mine = [examples[i] for i in range(len(examples)) if i % world_size == rank]  # uneven: 3 docs over 2 ranks
+            batch = [pack_batch(mine, obj)]
+            count = torch.tensor([float(normalizer_of(batch, obj))], dtype=torch.float64)
+            dist.all_reduce(count)
+            metrics = train_step(models.student, models.teacher, batch, optimizer, scheduler, obj, normalizer=count.item())
+            loss = torch.tensor([metrics["loss"]], dtype=torch.float64)
+            dist.all_reduce(loss)
+            losses.append(loss.item())
+        results[name] = dict(loading=models.loading, reason=models.fallback_reason, student=student_state, teacher=teacher_state, buffers=buffers,
+                             teacher_buffers=teacher_buffers, tied=tied, losses=losses,
+                             teacher_dtypes={p.dtype for p in models.teacher.parameters()})
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def run_ranks(model_dir, texts, out, variants, world_size=2):
+    mp.start_processes(set_up_and_step, args=(world_size, free_port(), str(model_dir), texts, str(out), variants),
+                       nprocs=world_size, join=True, start_method="spawn")
+    return torch.load(out, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory, embedded_dir):
+    # 3 layers: FSDP2 shards of uneven size; an odd hidden size so dim 0 does not split evenly over 2 ranks
+    model, tokenizer = build_tiny_model(str(embedded_dir), num_layers=3, hidden_size=72, num_heads=4, num_kv_heads=2,
+                                        intermediate_size=136, seed=3)
+    assert model.config.tie_word_embeddings
+    path = tmp_path_factory.mktemp("tied") / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_lean_loading_gives_the_full_copy_paths_weights_buffers_and_losses(tmp_path, tied_model_dir, bioasq_passages):
+    variants = [("full_copy", False, "float32"), ("lean", True, "float32"), ("lean_bf16", True, "bfloat16"),
+                ("full_copy_bf16", False, "bfloat16")]
+    results = run_ranks(tied_model_dir, bioasq_passages[:3], tmp_path / "out.pt", variants)
+    full, lean = results["full_copy"], results["lean"]
+    assert (full["loading"], lean["loading"]) == ("full_copy", "lean"), lean["reason"]
+    checkpoint = load_file(str(tied_model_dir / "model.safetensors"))
+    # bit-identical initial weights, equal to the checkpoint's; the tied head is one parameter
+    assert lean["tied"] and full["tied"]
+    assert set(lean["student"]) == set(full["student"])
+    for name, tensor in full["student"].items():
+        torch.testing.assert_close(lean["student"][name], tensor, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(lean["teacher"][name], tensor, rtol=0, atol=0, msg=name)
+        if name in checkpoint:
+            torch.testing.assert_close(lean["student"][name], checkpoint[name].float(), rtol=0, atol=0, msg=name)
+    # non-persistent buffers (rotary inv_freq) are recomputed, not left as to_empty's garbage
+    assert any("inv_freq" in n for n in lean["buffers"])
+    for name, buffer in full["buffers"].items():
+        torch.testing.assert_close(lean["buffers"][name], buffer, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(lean["teacher_buffers"][name], buffer, rtol=0, atol=0, msg=name)
+    # the same DiSC losses over two steps (the second depends on the first step's update)
+    assert lean["losses"][0] > 0
+    assert lean["losses"] == full["losses"], (lean["losses"], full["losses"])
+    # the bf16 teacher: same weights either way, losses within bf16 error of the fp32 teacher's
+    bf16, bf16_full = results["lean_bf16"], results["full_copy_bf16"]
+    assert bf16["teacher_dtypes"] == {torch.bfloat16}
+    for name, tensor in bf16_full["teacher"].items():
+        torch.testing.assert_close(bf16["teacher"][name], tensor, rtol=0, atol=0, msg=name)
+    assert bf16["losses"] == bf16_full["losses"]
+    relative = [abs(a - b) / b for a, b in zip(bf16["losses"], lean["losses"])]
+    print(f"bf16 teacher vs fp32 teacher: DiSC losses {bf16['losses']} vs {lean['losses']}; relative error {relative}")
+    assert bf16["losses"] != lean["losses"]  # the teacher really ran in bf16
+    assert max(relative) < 2e-2
