@@ -198,6 +198,13 @@ class ModelConfig:
     """The embedded default, a local Hugging Face directory, a ``.gguf`` file, or a hub id."""
     dtype: str = "float32"
     """Weights' dtype on load; with ``train.mixed_precision`` on GPU the master weights stay fp32."""
+    teacher_dtype: str | None = None
+    """The frozen teacher's weights: ``bfloat16`` (half the memory; the paper's teacher) or ``float32`` (exactly
+    the student's initial weights). Default (null): ``bfloat16`` on GPU, ``float32`` on CPU."""
+    lean_loading: bool = True
+    """Build student and teacher on the meta device, shard them, then read each rank's slices of the safetensors
+    (no rank holds a whole model). Off, or for weights that are not safetensors matching the model's parameters
+    one to one: every worker loads the whole fp32 model and deep-copies it as the teacher before sharding."""
     trust_remote_code: bool = False
     cache_dir: str | None = None
     """Where converted models are cached (default: ``$DISC_RAY_CACHE`` or ``~/.cache/disc-ray``)."""
@@ -207,6 +214,8 @@ class ModelConfig:
             raise ValueError("model.name_or_path must not be empty")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.teacher_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"model.teacher_dtype must be float32, bfloat16 or null (bf16 on GPU, fp32 on CPU), got {self.teacher_dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)

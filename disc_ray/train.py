@@ -47,11 +47,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.checkpoint.stateful import Stateful
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
-from disc_ray.loop import build_lr_scheduler, build_optimizer, build_teacher, format_progress, normalizer_of, train_step
+from disc_ray.loading import all_fsdp_modules, build_sharded_models, decoder_layers, resolve_teacher_dtype, shard_model  # noqa: F401
+from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
 from disc_ray.splits import batch_to_examples
 
@@ -63,37 +63,6 @@ EXPORT_MARKER = "disc_ray_export.json"
 
 
 # --------------------------------------------------------------------------- FSDP2
-
-
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of a Hugging Face causal LM, whatever the architecture puts them under.
-
-    The ``nn.ModuleList`` whose blocks' class is one of ``model._no_split_modules`` (``model.layers`` for
-    Llama/Qwen/Gemma, ``model.decoder.layers`` for OPT, ``transformer.h`` for GPT-2/Falcon,
-    ``gpt_neox.layers``), else the longest ``ModuleList`` of blocks of one class. Raises ``ValueError``
-    when the model has none."""
-    no_split = set(getattr(model, "_no_split_modules", None) or [])
-    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
-                  and len({type(block) for block in m}) == 1]
-    named = [m for m in candidates if type(m[0]).__name__ in no_split]
-    if named or candidates:
-        return list(max(named or candidates, key=len))
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
-
-
-def shard_model(model: torch.nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> torch.nn.Module:
-    """FSDP2 as torchtitan does it: each decoder layer is a unit, then the root (embeddings, norm, head)."""
-    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
-    for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=mp_policy)
-    return model
-
-
-def all_fsdp_modules(model: torch.nn.Module):
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -207,28 +176,23 @@ class Worker:
 
 
 def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Worker:
-    """Load the student (fp32 master weights) and the frozen teacher, shard both with FSDP2 (bf16 compute on GPU
-    when ``workers.mixed_precision``), and build the optimizer and LR scheduler."""
-    from disc_ray.models import load_model_and_tokenizer
-
+    """Build the student (fp32 master weights) and the frozen teacher (``model.teacher_dtype``) sharded with FSDP2
+    (bf16 compute on GPU when ``workers.mixed_precision``), memory-lean unless ``model.lean_loading`` is off
+    (:mod:`disc_ray.loading`), and the optimizer and LR scheduler."""
     device = ray.train.torch.get_device()
-    use_bf16 = device.type == "cuda" and cfg.workers.mixed_precision
+    rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.train.seed)
-    student, tokenizer = load_model_and_tokenizer(model_source, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
-    teacher = build_teacher(student) if cfg.objective.needs_teacher else None
-    if cfg.workers.activation_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    student.to(device)
-    shard_model(student, mixed_precision=use_bf16)
-    for module in all_fsdp_modules(student):
-        module.set_gradient_divide_factor(1.0)  # the loss is already divided by the global count
-        module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
-    if teacher is not None:
-        teacher.to(device)
-        shard_model(teacher, mixed_precision=use_bf16)
-    optimizer = build_optimizer(student, cfg.train)
-    app = AppState(student, optimizer, build_lr_scheduler(optimizer, cfg.train, total_steps))
-    return Worker(rank=ray.train.get_context().get_world_rank(), device=device, app=app, teacher=teacher, tokenizer=tokenizer)
+    models = build_sharded_models(
+        model_source, needs_teacher=cfg.objective.needs_teacher, device=device,
+        teacher_dtype=resolve_teacher_dtype(cfg.model.teacher_dtype, device),
+        mixed_precision=device.type == "cuda" and cfg.workers.mixed_precision,
+        activation_checkpointing=cfg.workers.activation_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
+        lean=cfg.model.lean_loading)
+    if rank == 0 and models.fallback_reason and cfg.model.lean_loading:
+        print(f"[disc-ray] loading the whole model on every worker: {models.fallback_reason}", flush=True)
+    optimizer = build_optimizer(models.student, cfg.train)
+    app = AppState(models.student, optimizer, build_lr_scheduler(optimizer, cfg.train, total_steps))
+    return Worker(rank=rank, device=device, app=app, teacher=models.teacher, tokenizer=models.tokenizer)
 
 
 def restore_worker(worker: Worker, checkpoint: Checkpoint | None) -> None:
