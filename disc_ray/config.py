@@ -233,6 +233,11 @@ class TrainConfig:
     batch_size: int = 1
     """Documents per micro-batch (per worker under Ray)."""
     grad_accum_steps: int = 1
+    max_tokens_per_step: int = 0
+    """Token-budget steps (0: off, steps of ``batch_size`` documents): each worker packs consecutive documents
+    into a micro-batch until its student row would pass ``max_tokens_per_step / grad_accum_steps`` tokens (a longer
+    document alone), so steps are full however long documents are; ``batch_size`` is then ignored. The loss is
+    still the per-document mean over the step's global document count."""
     epochs: int = 1
     max_steps: int = -1
     """Stop after this many optimizer steps; -1: run the epochs."""
@@ -249,6 +254,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "epochs", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens_per_step < 0 or 0 < self.max_tokens_per_step < self.grad_accum_steps:
+            raise ValueError(f"train.max_tokens_per_step must be 0 (off) or >= train.grad_accum_steps, got {self.max_tokens_per_step}")
         if self.warmup_steps < 0 or self.max_grad_norm < 0:
             raise ValueError("train.warmup_steps and train.max_grad_norm must be >= 0")
         if self.max_steps == 0 or self.max_steps < -1:

@@ -8,7 +8,8 @@ The path of :func:`build_sharded_models` (``model.lean_loading``, the default):
    computed exactly as a normal construction computes them;
 2. both are sharded with FSDP2 (``fully_shard`` per decoder layer, then the root), then ``to_empty`` allocates
    only this rank's shards; the buffers are put back;
-3. every rank reads only its rows of each parameter from the safetensors files (``safe_open(...).get_slice``),
+3. every rank reads only its rows of each parameter from the safetensors files (dim-0 rows are one contiguous
+   byte range: read straight into the shard, or through a buffer of those rows when the file's dtype differs),
    cast to fp32, into its student shard; the teacher's shards are copies of the student's (cast to the teacher
    dtype): the same loaded weights, and no rank ever holds a full model or deep-copies one.
 
@@ -65,21 +66,15 @@ def safetensors_index(model_dir: str | Path) -> dict[str, Path] | None:
     single = folder / "model.safetensors"
     if not single.is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(single), framework="pt") as f:
-        return {name: single for name in f.keys()}
+    return {name: single for name in read_safetensors_header(single)[0]}
 
 
 def checkpoint_shapes(index: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of the safetensors files of ``index`` (headers only; nothing is read)."""
-    from safetensors import safe_open
-
     shapes = {}
     for file in sorted(set(index.values())):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
+        header, _ = read_safetensors_header(file)
+        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
     return shapes
 
 
@@ -129,11 +124,46 @@ def local_rows(param: torch.Tensor) -> tuple[int, int]:
     return (offset[0], local_shape[0]) if param.ndim else (0, 0)
 
 
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def read_safetensors_header(file: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file (``{name: {"dtype", "shape", "data_offsets"}}``) and the byte offset
+    where its data starts."""
+    with open(file, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return header, 8 + length
+
+
+def read_rows_into(f, entry: dict, data_start: int, first: int, out: torch.Tensor) -> None:
+    """Read rows ``first .. first + len(out)`` (dim 0) of one safetensors tensor into ``out``, cast to its dtype.
+
+    Dim-0 rows of a row-major tensor are one contiguous byte range: a single ``readinto`` straight into ``out``
+    when the dtypes match, else into a buffer of those rows only. Nothing is memory-mapped, so the file's pages
+    never count in the process's RSS."""
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise ValueError(f"safetensors dtype {entry['dtype']} is not supported by lean loading")
+    shape = entry["shape"]
+    row_bytes = (torch.Size(shape[1:]).numel() if len(shape) > 1 else 1) * torch.empty((), dtype=dtype).element_size()
+    target = out if out.dtype == dtype and out.is_contiguous() and out.device.type == "cpu" else torch.empty(out.shape, dtype=dtype)
+    f.seek(data_start + entry["data_offsets"][0] + first * row_bytes)
+    view = memoryview(target.reshape(-1).view(torch.uint8).numpy())  # the rows' bytes, written in place
+    if f.readinto(view) != len(view):
+        raise ValueError(f"safetensors file {f.name} ended early")
+    if target is not out:
+        out.copy_(target)
+
+
 @torch.no_grad()
 def load_local_shards(model: torch.nn.Module, index: dict[str, Path]) -> None:
     """Read this rank's rows of every parameter (and persistent buffer) of a sharded ``model`` from the safetensors
-    files of ``index``, cast to each tensor's dtype. Raises KeyError for a name the checkpoint lacks."""
-    from safetensors import safe_open
+    files of ``index`` (``{tensor name: file}``), cast to each tensor's dtype. Peak extra memory: nothing when the
+    file's dtype is the model's, else one rank's rows of one tensor. Raises KeyError for a name the files lack."""
     from torch.distributed.tensor import DTensor
 
     by_file: dict[Path, list[tuple[str, torch.Tensor]]] = {}
@@ -141,15 +171,13 @@ def load_local_shards(model: torch.nn.Module, index: dict[str, Path]) -> None:
     for name, tensor in tensors:
         by_file.setdefault(index[name], []).append((name, tensor))
     for file, named in by_file.items():
-        with safe_open(str(file), framework="pt") as f:
+        header, data_start = read_safetensors_header(file)
+        with open(file, "rb", buffering=0) as f:
             for name, tensor in named:
                 local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
-                if tensor.ndim == 0:
-                    local.copy_(f.get_tensor(name))
-                    continue
                 first, rows = local_rows(tensor)
-                if rows:
-                    local.copy_(f.get_slice(name)[first:first + rows])
+                if tensor.ndim == 0 or rows:
+                    read_rows_into(f, header[name], data_start, first if tensor.ndim else 0, local)
 
 
 @torch.no_grad()

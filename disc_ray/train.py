@@ -51,7 +51,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
 from disc_ray.loading import all_fsdp_modules, build_sharded_models, decoder_layers, resolve_teacher_dtype, shard_model  # noqa: F401
-from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, normalizer_of, train_step
+from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, group_by_token_budget, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
 from disc_ray.splits import batch_to_examples
 
@@ -141,10 +141,20 @@ def load_checkpoint_weights(directory: Path, model: torch.nn.Module) -> torch.nn
 
 
 def iterate_examples(shard, cfg: AdaptConfig, skip_batches: int):
-    """Micro-batches of DocumentExamples from this rank's dataset shard, skipping the ``skip_batches`` already trained on."""
-    for index, batch in enumerate(shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)):
+    """Micro-batches of DocumentExamples from this rank's dataset shard, skipping the ``skip_batches`` already trained on:
+    ``train.batch_size`` documents each, or with ``train.max_tokens_per_step`` documents up to the per-micro-batch
+    token budget (:func:`disc_ray.loop.group_by_token_budget`)."""
+    if cfg.train.max_tokens_per_step > 0:
+        rows = shard.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2)
+        examples = (example for batch in rows for example in batch_to_examples(batch))
+        budget = cfg.train.max_tokens_per_step // cfg.train.grad_accum_steps
+        batches = group_by_token_budget(examples, budget, cfg.objective)
+    else:
+        rows = shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)
+        batches = (batch_to_examples(batch) for batch in rows)
+    for index, batch in enumerate(batches):
         if index >= skip_batches:
-            yield batch_to_examples(batch)
+            yield batch
 
 
 def append_metrics_log(run_dir: str | None, metrics: dict, restored_step: int | None) -> None:
@@ -342,10 +352,19 @@ def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_c
              logging_level=logging_level)
 
 
-def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:
-    """Optimizer steps for the run: per rank, examples / (batch * accum), ceil, times epochs (or max_steps)."""
+def plan_total_steps(num_examples: int, cfg: AdaptConfig, student_tokens: int = 0) -> int:
+    """Optimizer steps for the run: per rank, examples / (batch * accum), ceil, times epochs (or max_steps).
+
+    With ``train.max_tokens_per_step``, steps hold a varying number of documents: the plan is an upper bound
+    (greedy packing fills each pair of consecutive micro-batches past the budget, so at most
+    ``2 * ceil(tokens / budget)`` of them, and never more than one per document), ``student_tokens`` being the
+    corpus's student tokens. An epoch ends when a rank's shard runs out, so no document is dropped by the plan;
+    a decaying LR schedule may then stop short of 0."""
     per_rank = num_examples // cfg.workers.num_workers
     batches = -(-per_rank // cfg.train.batch_size)
+    if cfg.train.max_tokens_per_step > 0:
+        budget = cfg.train.max_tokens_per_step // cfg.train.grad_accum_steps
+        batches = min(per_rank, 2 * -(-student_tokens // (cfg.workers.num_workers * budget)) + 1)
     steps = -(-batches // cfg.train.grad_accum_steps) * cfg.train.epochs
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else steps
 
@@ -413,7 +432,8 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
         raise ValueError(f"no trainable documents in {cfg.data.path}: {report.format()}")
     if report.examples < cfg.workers.num_workers:
         raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
-    total_steps = plan_total_steps(report.examples, cfg)
+    student_tokens = report.split_tokens + report.splits if cfg.objective.name == "disc" else report.tokens
+    total_steps = plan_total_steps(report.examples, cfg, student_tokens)
     log(f"training {cfg.objective.name} on {cfg.workers.num_workers} worker(s) for {total_steps} steps; "
         f"run '{cfg.run.name}' in {cfg.run.resolved_storage_path()}")
     result = build_trainer(cfg, dataset, total_steps, model_source, callbacks, verbose).fit()
