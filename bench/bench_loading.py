@@ -10,8 +10,8 @@ A random-weight model of SmolLM2-360M's shape with more layers (``--layers``, de
   * ``lean``: meta device -> FSDP2 shards -> each rank reads its slices (fp32 teacher);
   * ``lean_bf16``: the same with ``model.teacher_dtype=bfloat16``.
 
-Printed per rank: peak RSS during set-up minus the RSS just before it (torch, transformers and the process
-group already loaded), as a ratio to one fp32 copy of the model; also the peak of anonymous memory alone
+Printed per rank: peak RSS during set-up minus the RSS just before it (torch, transformers' Llama modelling and
+tokenizer code, accelerate and the process group already imported: code, not weights), as a ratio to one fp32 copy of the model; also the peak of anonymous memory alone
 (``RssAnon``: file pages of the mmapped safetensors are page cache the kernel can drop).
 
     python bench/bench_loading.py [--layers 40] [--ranks 2] [--folder /tmp/disc-ray-bench-loading]
@@ -89,13 +89,24 @@ def measure_rank(rank: int, world_size: int, port: int, folder: str, lean: bool,
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # The code the set-up runs is imported before the baseline (~130 MiB of modules, whatever the model's size):
+    # the figure is what the set-up allocates for weights and their bookkeeping.
+    import accelerate  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    import disc_ray.attention  # noqa: F401
+    import disc_ray.loop  # noqa: F401
+    import disc_ray.models  # noqa: F401
+
     dist.barrier()
     before = memory_kib()
     sampler = PeakSampler()
     sampler.start()
     started = time.perf_counter()
     models = build_sharded_models(folder, needs_teacher=True, teacher_dtype=getattr(torch, teacher_dtype),
-                                  device=torch.device("cpu"), mixed_precision=False, lean=lean)
+                                  device=torch.device("cpu"), mixed_precision=False, lean=lean,
+                                  with_tokenizer=rank == 0)  # as a Ray Train worker: only rank 0 exports
     seconds = time.perf_counter() - started
     peak, after = sampler.stop(), memory_kib()
     assert models.loading == ("lean" if lean else "full_copy"), models.fallback_reason

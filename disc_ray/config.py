@@ -238,6 +238,9 @@ class TrainConfig:
     into a micro-batch until its student row would pass ``max_tokens_per_step / grad_accum_steps`` tokens (a longer
     document alone), so steps are full however long documents are; ``batch_size`` is then ignored. The loss is
     still the per-document mean over the step's global document count."""
+    compile: bool = False
+    """``torch.compile`` each decoder block of the student and the teacher (before FSDP2 sharding). Off by
+    default: compiling takes minutes on CPU and is not yet measured on GPU."""
     epochs: int = 1
     max_steps: int = -1
     """Stop after this many optimizer steps; -1: run the epochs."""

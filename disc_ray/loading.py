@@ -215,24 +215,28 @@ def freeze_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
 
 def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: torch.dtype, device: torch.device,
                          mixed_precision: bool, activation_checkpointing: bool = False, trust_remote_code: bool = False,
-                         lean: bool = True) -> ShardedModels:
+                         lean: bool = True, with_tokenizer: bool = True, compile_blocks: bool = False) -> ShardedModels:
     """Student (fp32) and frozen teacher (``teacher_dtype``), both FSDP2-sharded over the default process group.
 
     A collective (``fully_shard``): every rank calls it. ``model_dir``: a local Hugging Face folder (or hub id: then
     the full-copy path). ``lean=False`` or weights that do not match the model's parameters one to one take
     :func:`build_sharded_models_full_copy`; :attr:`ShardedModels.fallback_reason` says why.
-    The student is left in eval mode, as ``from_pretrained`` leaves it (the full-copy path's behaviour)."""
+    The student is left in eval mode, as ``from_pretrained`` leaves it (the full-copy path's behaviour).
+    ``with_tokenizer=False`` leaves :attr:`ShardedModels.tokenizer` None on the lean path (ranks that never export:
+    a fast tokenizer holds ~100 MB). ``compile_blocks``: ``torch.compile`` each decoder block of both models
+    (:func:`compile_decoder_blocks`)."""
     from transformers import AutoConfig
 
     from disc_ray.models import choose_attn_implementation, load_tokenizer
 
     full_copy = dict(needs_teacher=needs_teacher, teacher_dtype=teacher_dtype, device=device, mixed_precision=mixed_precision,
-                     activation_checkpointing=activation_checkpointing, trust_remote_code=trust_remote_code)
+                     activation_checkpointing=activation_checkpointing, trust_remote_code=trust_remote_code,
+                     compile_blocks=compile_blocks)
     index = safetensors_index(model_dir) if Path(model_dir).is_dir() else None
     if not lean or index is None:
         reason = "model.lean_loading is off" if not lean else f"{model_dir} has no safetensors weights"
         return build_sharded_models_full_copy(model_dir, fallback_reason=reason, **full_copy)
-    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code) if with_tokenizer else None
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     attn = choose_attn_implementation(config, trust_remote_code=trust_remote_code)
     student = build_meta_model(config, torch.float32, attn, trust_remote_code)
@@ -242,12 +246,16 @@ def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: 
         return build_sharded_models_full_copy(model_dir, fallback_reason=reason, **full_copy)
     student.eval()
     prepare_student(student, activation_checkpointing)
+    if compile_blocks:
+        compile_decoder_blocks(student)
     shard_student(student, mixed_precision)
     materialize_sharded(student, device)
     load_local_shards(student, index)
     teacher = None
     if needs_teacher:
         teacher = freeze_teacher(build_meta_model(config, teacher_dtype, attn, trust_remote_code))
+        if compile_blocks:
+            compile_decoder_blocks(teacher)
         shard_model(teacher, mixed_precision=mixed_precision)
         materialize_sharded(teacher, device)
         copy_local_shards(student, teacher)
@@ -256,7 +264,8 @@ def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: 
 
 def build_sharded_models_full_copy(model_dir: str, *, needs_teacher: bool, teacher_dtype: torch.dtype, device: torch.device,
                                    mixed_precision: bool, activation_checkpointing: bool = False,
-                                   trust_remote_code: bool = False, fallback_reason: str | None = None) -> ShardedModels:
+                                   trust_remote_code: bool = False, fallback_reason: str | None = None,
+                                   compile_blocks: bool = False) -> ShardedModels:
     """The earlier set-up: the whole fp32 model on every rank, a deep copy as the teacher (cast to ``teacher_dtype``),
     then both sharded. Peak host memory per rank: about two fp32 models."""
     from disc_ray.loop import build_teacher
@@ -265,6 +274,9 @@ def build_sharded_models_full_copy(model_dir: str, *, needs_teacher: bool, teach
     student, tokenizer = load_model_and_tokenizer(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     teacher = cast_parameters(build_teacher(student), teacher_dtype) if needs_teacher else None
     prepare_student(student, activation_checkpointing)
+    for model in (student, teacher) if compile_blocks else ():
+        if model is not None:
+            compile_decoder_blocks(model)
     student.to(device)
     shard_student(student, mixed_precision)
     if teacher is not None:
@@ -308,6 +320,15 @@ def all_fsdp_modules(model: torch.nn.Module):
     from torch.distributed.fsdp import FSDPModule
 
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def compile_decoder_blocks(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` every decoder block in place (``Module.compile``), before sharding, as torchtitan does: the
+    blocks keep their identity, so FSDP2 wraps the compiled blocks. Packed rows change length every step:
+    ``dynamic=True`` avoids a recompilation per length."""
+    for layer in decoder_layers(model):
+        layer.compile(dynamic=True)
+    return model
 
 
 def shard_student(student: torch.nn.Module, mixed_precision: bool) -> torch.nn.Module:

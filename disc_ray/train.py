@@ -183,6 +183,7 @@ class Worker:
     app: AppState
     teacher: torch.nn.Module | None
     tokenizer: object
+    """Rank 0's (it writes the export); None on other ranks with lean loading."""
 
 
 def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Worker:
@@ -197,7 +198,7 @@ def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Work
         teacher_dtype=resolve_teacher_dtype(cfg.model.teacher_dtype, device),
         mixed_precision=device.type == "cuda" and cfg.workers.mixed_precision,
         activation_checkpointing=cfg.workers.activation_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
-        lean=cfg.model.lean_loading)
+        lean=cfg.model.lean_loading, with_tokenizer=rank == 0, compile_blocks=cfg.train.compile)  # only rank 0 exports
     if rank == 0 and models.fallback_reason and cfg.model.lean_loading:
         print(f"[disc-ray] loading the whole model on every worker: {models.fallback_reason}", flush=True)
     optimizer = build_optimizer(models.student, cfg.train)

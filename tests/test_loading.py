@@ -26,8 +26,8 @@ def free_port() -> int:
 
 
 def set_up_and_step(rank: int, world_size: int, port: int, model_dir: str, texts: list[str], out: str,
-                    variants: list[tuple[str, bool, str]]) -> None:
-    """One gloo rank: for each (name, lean, teacher_dtype) variant, build the sharded models, gather their full
+                    variants: list[tuple[str, bool, str, bool]]) -> None:
+    """One gloo rank: for each (name, lean, teacher_dtype, compile_blocks) variant, build the sharded models, gather their full
     state, then take two DiSC steps on this rank's documents; rank 0 saves everything to ``out``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -41,10 +41,11 @@ def set_up_and_step(rank: int, world_size: int, port: int, model_dir: str, texts
     from disc_ray.splits import SplitConfig, prepare_document
 
     results = {}
-    for name, lean, teacher_dtype in variants:
+    for name, lean, teacher_dtype, compile_blocks in variants:
         torch.manual_seed(0)
         models = build_sharded_models(model_dir, needs_teacher=True, teacher_dtype=getattr(torch, teacher_dtype),
-                                      device=torch.device("cpu"), mixed_precision=False, lean=lean)
+                                      device=torch.device("cpu"), mixed_precision=False, lean=lean,
+                                      compile_blocks=compile_blocks)
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         student_state = get_model_state_dict(models.student, options=options)
         teacher_state = get_model_state_dict(models.teacher, options=options)
@@ -94,8 +95,8 @@ def tied_model_dir(tmp_path_factory, embedded_dir):
 
 @pytest.mark.slow
 def test_lean_loading_gives_the_full_copy_paths_weights_buffers_and_losses(tmp_path, tied_model_dir, bioasq_passages):
-    variants = [("full_copy", False, "float32"), ("lean", True, "float32"), ("lean_bf16", True, "bfloat16"),
-                ("full_copy_bf16", False, "bfloat16")]
+    variants = [("full_copy", False, "float32", False), ("lean", True, "float32", False),
+                ("lean_bf16", True, "bfloat16", False), ("full_copy_bf16", False, "bfloat16", False)]
     results = run_ranks(tied_model_dir, bioasq_passages[:3], tmp_path / "out.pt", variants)
     full, lean = results["full_copy"], results["lean"]
     assert (full["loading"], lean["loading"]) == ("full_copy", "lean"), lean["reason"]
@@ -126,3 +127,16 @@ def test_lean_loading_gives_the_full_copy_paths_weights_buffers_and_losses(tmp_p
     print(f"bf16 teacher vs fp32 teacher: DiSC losses {bf16['losses']} vs {lean['losses']}; relative error {relative}")
     assert bf16["losses"] != lean["losses"]  # the teacher really ran in bf16
     assert max(relative) < 2e-2
+
+
+@pytest.mark.slow
+def test_compiled_decoder_blocks_give_the_same_losses(tmp_path, tied_model_dir, bioasq_passages):
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    variants = [("eager", True, "float32", False), ("compiled", True, "float32", True)]
+    results = run_ranks(tied_model_dir, bioasq_passages[:3], tmp_path / "out.pt", variants)
+    eager, compiled = results["eager"]["losses"], results["compiled"]["losses"]
+    print(f"compiled vs eager DiSC losses: {compiled} vs {eager}")
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-8)

@@ -27,10 +27,10 @@ def example(split_lengths: list[int], prefix: int = 1) -> DocumentExample:
 
 def test_group_by_token_budget_fills_up_to_the_budget_in_order_and_never_cuts_a_document():
     obj = ObjectiveConfig()
-    docs = [example([10, 20]), example([5]), example([40]), example([100]), example([3]), example([3])]
-    assert [student_tokens(d, obj) for d in docs] == [32, 6, 41, 101, 4, 4]
+    docs = [example([10, 20]), example([5]), example([40]), example([100]), example([3]), example([2])]
+    assert [student_tokens(d, obj) for d in docs] == [32, 6, 41, 101, 4, 3]
     groups = list(group_by_token_budget(docs, 50, obj))
-    assert [[docs.index(d) for d in g] for g in groups] == [[0, 1], [2], [3], [4, 5]]  # 38 | 41 | 101 alone | 8
+    assert [[docs.index(d) for d in g] for g in groups] == [[0, 1], [2], [3], [4, 5]]  # 38 | 41 | 101 alone | 7
     ft = ObjectiveConfig(name="ft")
     assert student_tokens(docs[0], ft) == 31
     with pytest.raises(ValueError, match="max_tokens_per_step"):
@@ -99,5 +99,5 @@ def test_two_ranks_with_uneven_token_budget_steps_equal_one_rank_with_the_same_d
     assert len(counts) >= 2 and any(a != b for a, b in counts), counts  # the budget split documents unevenly
     one = run(1, str(tied_model_dir), texts, budget, [[sum(step, [])] for step in two["taken"]], str(tmp_path / "one.pt"))
     print(f"documents per rank per step {counts}; losses 2 ranks {two['losses']} 1 rank {one['losses']}")
-    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-9)  # fp32 sums in another order after AdamW (as test_train)
     assert two["losses"][0] > 0
