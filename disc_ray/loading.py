@@ -70,11 +70,12 @@ def safetensors_index(model_dir: str | Path) -> dict[str, Path] | None:
 
 
 def checkpoint_shapes(index: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of the safetensors files of ``index`` (headers only; nothing is read)."""
+    """The shape of every tensor of the safetensors files of ``index`` that lean loading can read (headers only)."""
     shapes = {}
     for file in sorted(set(index.values())):
         header, _ = read_safetensors_header(file)
-        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
+        # a dtype lean loading cannot read (fp8, ...) counts as no match: the full-copy path takes the model
+        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items() if entry["dtype"] in SAFETENSORS_DTYPES})
     return shapes
 
 

@@ -140,3 +140,28 @@ def test_compiled_decoder_blocks_give_the_same_losses(tmp_path, tied_model_dir, 
     eager, compiled = results["eager"]["losses"], results["compiled"]["losses"]
     print(f"compiled vs eager DiSC losses: {compiled} vs {eager}")
     torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-8)
+
+
+def test_weights_that_do_not_match_the_parameters_one_to_one_are_found_before_anything_is_sharded(tmp_path, tied_model_dir):
+    """What sends a model to the full-copy path: a renamed or reshaped weight, an unreadable dtype, no safetensors."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from disc_ray.loading import build_meta_model, checkpoint_shapes, safetensors_index, unmatched_weights
+
+    config = AutoConfig.from_pretrained(tied_model_dir)
+    model = build_meta_model(config, torch.float32, None, False)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied again after init_empty_weights
+    assert all(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    index = safetensors_index(tied_model_dir)
+    assert unmatched_weights(model, checkpoint_shapes(index)) == []
+    weights = load_file(str(tied_model_dir / "model.safetensors"))
+    weights["model.norm.weight_renamed"] = weights.pop("model.norm.weight")
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"][:-1]
+    weights["model.layers.1.mlp.up_proj.weight"] = weights["model.layers.1.mlp.up_proj.weight"].to(torch.float8_e4m3fn)
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    shapes = checkpoint_shapes(safetensors_index(tmp_path))
+    assert sorted(unmatched_weights(model, shapes)) == ["model.layers.0.mlp.up_proj.weight",
+                                                        "model.layers.1.mlp.up_proj.weight", "model.norm.weight"]
+    (tmp_path / "model.safetensors").unlink()
+    assert safetensors_index(tmp_path) is None
