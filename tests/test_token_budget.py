@@ -101,3 +101,42 @@ def test_two_ranks_with_uneven_token_budget_steps_equal_one_rank_with_the_same_d
     print(f"documents per rank per step {counts}; losses 2 ranks {two['losses']} 1 rank {one['losses']}")
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-9)  # fp32 sums in another order after AdamW (as test_train)
     assert two["losses"][0] > 0
+
+
+def test_the_step_plan_of_token_budget_steps_is_an_upper_bound_never_above_one_step_per_document():
+    from disc_ray.config import AdaptConfig, load_config
+    from disc_ray.train import plan_total_steps
+
+    cfg = load_config(AdaptConfig, None, ["--workers.num_workers=2", "--train.max_tokens_per_step=1000"])
+    assert plan_total_steps(100, cfg, student_tokens=20_000) == 2 * 10 + 1  # 10,000 tokens a rank, next-fit bound
+    assert plan_total_steps(10, cfg, student_tokens=20_000) == 5  # 5 documents a rank: at most 5 steps
+    off = load_config(AdaptConfig, None, ["--workers.num_workers=2", "--train.batch_size=2"])
+    assert plan_total_steps(100, off, student_tokens=20_000) == 25
+
+
+@pytest.mark.ray
+def test_ray_train_with_a_token_budget_packs_several_documents_a_step_and_sees_each_once(tmp_path, tied_model_dir,
+                                                                                           tokenizer, bioasq_passages):
+    import json
+
+    import ray
+
+    from disc_ray.config import AdaptConfig, load_config
+    from disc_ray.splits import example_to_row
+    from disc_ray.train import build_trainer
+
+    examples = [prepare_document(t, tokenizer, SplitConfig())[0] for t in bioasq_passages[:12]]
+    rows = [example_to_row(e) for e in examples]
+    budget = 3 * max(student_tokens(e, ObjectiveConfig()) for e in examples)  # at least 3 documents a step
+    cfg = load_config(AdaptConfig, None, [f"--run.storage_path={tmp_path / 'runs'}", "--run.name=budget",
+                                          "--workers.num_workers=2", f"--train.max_tokens_per_step={budget}"])
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        result = build_trainer(cfg, ray.data.from_items(rows), total_steps=6, model_source=str(tied_model_dir)).fit()
+    finally:
+        ray.shutdown()
+    assert result.error is None
+    metrics = [json.loads(line) for line in (tmp_path / "runs" / "budget" / "metrics.jsonl").read_text().splitlines()]
+    per_step = [m["documents"] for m in metrics]
+    assert per_step[0] >= 6 and sum(per_step) <= 12, per_step  # >= 3 a rank, every document at most once
+    assert metrics[-1]["documents_seen"] == sum(per_step) and all(m["loss"] > 0 for m in metrics)
