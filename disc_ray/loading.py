@@ -20,7 +20,8 @@ parameter, bf16: 2) plus the one tensor being read. Tied weights (SmolLM2's ``lm
 :func:`build_sharded_models_full_copy` is the earlier path (every rank loads the whole fp32 model with
 ``from_pretrained``, deep-copies it as the teacher, then shards both); it stays as the fallback for a model whose
 weights are not plain safetensors matching the model's parameters (``.bin`` files, a hub id, weights that
-transformers converts on load such as fused MoE experts), and as the reference the tests compare with.
+transformers converts or renames on load, such as fused MoE experts or GPT-NeoX's ``embed_out``), and as the
+reference the tests compare with.
 """
 
 from __future__ import annotations
