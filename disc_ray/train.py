@@ -6,7 +6,8 @@ to ``run.output_dir``. The worker loop reuses the plain-torch pieces (``train_st
 objectives); this module only adds distribution:
 
 * student and frozen teacher are both sharded with FSDP2 (``fully_shard`` per decoder layer, then
-  the root); on GPU with a bf16 ``MixedPrecisionPolicy`` (fp32 master weights);
+  the root); on GPU with a bf16 ``MixedPrecisionPolicy`` (fp32 master weights); they are built on the meta
+  device and each rank reads only its slices of the weights (:mod:`disc_ray.loading`);
 * the loss of a step is divided by the GLOBAL document (or token) count, all-reduced once per
   step, and FSDP's gradient division is turned off, so 2 ranks == 1 rank;
 * every rank calls ``ray.train.report`` at the same steps (it is a barrier); checkpoints are torch
