@@ -283,6 +283,13 @@ class ModelConfig:
     """The embedded default, a local Hugging Face directory, a ``.gguf`` file, or a hub id."""
     dtype: str = "float32"
     """Weights' dtype on load; with ``train.mixed_precision`` on GPU the master weights stay fp32."""
+    teacher_dtype: str | None = None
+    """The frozen teacher's weights: ``bfloat16`` (half the memory; the paper's teacher) or ``float32`` (exactly
+    the student's initial weights). Default (null): ``bfloat16`` on GPU, ``float32`` on CPU."""
+    lean_loading: bool = True
+    """Build student and teacher on the meta device, shard them, then read each rank's slices of the safetensors
+    (no rank holds a whole model). Off, or for weights that are not safetensors matching the model's parameters
+    one to one: every worker loads the whole fp32 model and deep-copies it as the teacher before sharding."""
     trust_remote_code: bool = False
     cache_dir: str | None = None
     """Where converted models are cached (default: ``$DISC_RAY_CACHE`` or ``~/.cache/disc-ray``)."""
@@ -292,6 +299,8 @@ class ModelConfig:
             raise ValueError("model.name_or_path must not be empty")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.teacher_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"model.teacher_dtype must be float32, bfloat16 or null (bf16 on GPU, fp32 on CPU), got {self.teacher_dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +318,14 @@ class TrainConfig:
     batch_size: int = 1
     """Documents per micro-batch (per worker under Ray)."""
     grad_accum_steps: int = 1
+    max_tokens_per_step: int = 0
+    """Token-budget steps (0: off, steps of ``batch_size`` documents): each worker packs consecutive documents
+    into a micro-batch until its student row would pass ``max_tokens_per_step / grad_accum_steps`` tokens (a longer
+    document alone), so steps are full however long documents are; ``batch_size`` is then ignored. The loss is
+    still the per-document mean over the step's global document count."""
+    compile: bool = False
+    """``torch.compile`` each decoder block of the student and the teacher (before FSDP2 sharding). Off by
+    default: compiling takes minutes on CPU and is not yet measured on GPU."""
     epochs: int = 1
     max_steps: int = -1
     """Stop after this many optimizer steps; -1: run the epochs."""
@@ -325,6 +342,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "epochs", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens_per_step < 0 or 0 < self.max_tokens_per_step < self.grad_accum_steps:
+            raise ValueError(f"train.max_tokens_per_step must be 0 (off) or >= train.grad_accum_steps, got {self.max_tokens_per_step}")
         if self.warmup_steps < 0 or self.max_grad_norm < 0:
             raise ValueError("train.warmup_steps and train.max_grad_norm must be >= 0")
         if self.max_steps == 0 or self.max_steps < -1:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 
@@ -90,6 +90,31 @@ def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, sc
         "tokens": float(sum(b.student_input_ids.numel() + (b.teacher_input_ids.numel() if obj_cfg.needs_teacher else 0) for b in micro_batches)),
         "documents": float(sum(b.num_documents for b in micro_batches)),
     }
+
+
+def student_tokens(example: DocumentExample, obj_cfg: ObjectiveConfig) -> int:
+    """Tokens ``example`` adds to the student's packed row: its splits, each with the special prefix (``disc``), or
+    the whole document (``ft``, ``ft_kl``). What ``train.max_tokens_per_step`` counts."""
+    if obj_cfg.name != "disc":
+        return len(example.input_ids)
+    return sum(example.num_special_prefix + end - start for start, end in example.split_spans)
+
+
+def group_by_token_budget(examples: Iterable[DocumentExample], max_tokens: int,
+                          obj_cfg: ObjectiveConfig) -> Iterator[list[DocumentExample]]:
+    """Consecutive examples grouped into micro-batches of at most ``max_tokens`` student tokens
+    (:func:`student_tokens`), in order; an example larger than the budget alone is a micro-batch of its own
+    (never cut: its splits are the paper's units). Deterministic, so a resumed run skips the same groups."""
+    group, used = [], 0
+    for example in examples:
+        cost = student_tokens(example, obj_cfg)
+        if group and used + cost > max_tokens:
+            yield group
+            group, used = [], 0
+        group.append(example)
+        used += cost
+    if group:
+        yield group
 
 
 @dataclass

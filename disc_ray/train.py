@@ -6,7 +6,8 @@ to ``run.output_dir``. The worker loop reuses the plain-torch pieces (``train_st
 objectives); this module only adds distribution:
 
 * student and frozen teacher are both sharded with FSDP2 (``fully_shard`` per decoder layer, then
-  the root); on GPU with a bf16 ``MixedPrecisionPolicy`` (fp32 master weights);
+  the root); on GPU with a bf16 ``MixedPrecisionPolicy`` (fp32 master weights); they are built on the meta
+  device and each rank reads only its slices of the weights (:mod:`disc_ray.loading`);
 * the loss of a step is divided by the GLOBAL document (or token) count, all-reduced once per
   step, and FSDP's gradient division is turned off, so 2 ranks == 1 rank;
 * every rank calls ``ray.train.report`` at the same steps (it is a barrier); checkpoints are torch
@@ -47,11 +48,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.checkpoint.stateful import Stateful
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
-from disc_ray.loop import build_lr_scheduler, build_optimizer, build_teacher, format_progress, normalizer_of, train_step
+from disc_ray.loading import all_fsdp_modules, build_sharded_models, decoder_layers, resolve_teacher_dtype, shard_model  # noqa: F401
+from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, group_by_token_budget, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
 from disc_ray.records import load_jsonl
 from disc_ray.splits import batch_to_examples
@@ -64,37 +65,6 @@ EXPORT_MARKER = "disc_ray_export.json"
 
 
 # --------------------------------------------------------------------------- FSDP2
-
-
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of a Hugging Face causal LM, whatever the architecture puts them under.
-
-    The ``nn.ModuleList`` whose blocks' class is one of ``model._no_split_modules`` (``model.layers`` for
-    Llama/Qwen/Gemma, ``model.decoder.layers`` for OPT, ``transformer.h`` for GPT-2/Falcon,
-    ``gpt_neox.layers``), else the longest ``ModuleList`` of blocks of one class. Raises ``ValueError``
-    when the model has none."""
-    no_split = set(getattr(model, "_no_split_modules", None) or [])
-    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
-                  and len({type(block) for block in m}) == 1]
-    named = [m for m in candidates if type(m[0]).__name__ in no_split]
-    if named or candidates:
-        return list(max(named or candidates, key=len))
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard")
-
-
-def shard_model(model: torch.nn.Module, *, mixed_precision: bool, reshard_after_forward: bool = True) -> torch.nn.Module:
-    """FSDP2 as torchtitan does it: each decoder layer is a unit, then the root (embeddings, norm, head)."""
-    mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
-    for layer in decoder_layers(model):
-        fully_shard(layer, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mp_policy=mp_policy)
-    return model
-
-
-def all_fsdp_modules(model: torch.nn.Module):
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
@@ -173,10 +143,20 @@ def load_checkpoint_weights(directory: Path, model: torch.nn.Module) -> torch.nn
 
 
 def iterate_examples(shard, cfg: AdaptConfig, skip_batches: int):
-    """Micro-batches of DocumentExamples from this rank's dataset shard, skipping the ``skip_batches`` already trained on."""
-    for index, batch in enumerate(shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)):
+    """Micro-batches of DocumentExamples from this rank's dataset shard, skipping the ``skip_batches`` already trained on:
+    ``train.batch_size`` documents each, or with ``train.max_tokens_per_step`` documents up to the per-micro-batch
+    token budget (:func:`disc_ray.loop.group_by_token_budget`)."""
+    if cfg.train.max_tokens_per_step > 0:
+        rows = shard.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2)
+        examples = (example for batch in rows for example in batch_to_examples(batch))
+        budget = cfg.train.max_tokens_per_step // cfg.train.grad_accum_steps
+        batches = group_by_token_budget(examples, budget, cfg.objective)
+    else:
+        rows = shard.iter_batches(batch_size=cfg.train.batch_size, batch_format="numpy", prefetch_batches=2)
+        batches = (batch_to_examples(batch) for batch in rows)
+    for index, batch in enumerate(batches):
         if index >= skip_batches:
-            yield batch_to_examples(batch)
+            yield batch
 
 
 def append_metrics_log(run_dir: str | None, metrics: dict, restored_step: int | None) -> None:
@@ -205,31 +185,27 @@ class Worker:
     app: AppState
     teacher: torch.nn.Module | None
     tokenizer: object
+    """Rank 0's (it writes the export); None on other ranks with lean loading."""
 
 
 def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Worker:
-    """Load the student (fp32 master weights) and the frozen teacher, shard both with FSDP2 (bf16 compute on GPU
-    when ``workers.mixed_precision``), and build the optimizer and LR scheduler."""
-    from disc_ray.models import load_model_and_tokenizer
-
+    """Build the student (fp32 master weights) and the frozen teacher (``model.teacher_dtype``) sharded with FSDP2
+    (bf16 compute on GPU when ``workers.mixed_precision``), memory-lean unless ``model.lean_loading`` is off
+    (:mod:`disc_ray.loading`), and the optimizer and LR scheduler."""
     device = ray.train.torch.get_device()
-    use_bf16 = device.type == "cuda" and cfg.workers.mixed_precision
+    rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.train.seed)
-    student, tokenizer = load_model_and_tokenizer(model_source, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
-    teacher = build_teacher(student) if cfg.objective.needs_teacher else None
-    if cfg.workers.activation_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    student.to(device)
-    shard_model(student, mixed_precision=use_bf16)
-    for module in all_fsdp_modules(student):
-        module.set_gradient_divide_factor(1.0)  # the loss is already divided by the global count
-        module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
-    if teacher is not None:
-        teacher.to(device)
-        shard_model(teacher, mixed_precision=use_bf16)
-    optimizer = build_optimizer(student, cfg.train)
-    app = AppState(student, optimizer, build_lr_scheduler(optimizer, cfg.train, total_steps))
-    return Worker(rank=ray.train.get_context().get_world_rank(), device=device, app=app, teacher=teacher, tokenizer=tokenizer)
+    models = build_sharded_models(
+        model_source, needs_teacher=cfg.objective.needs_teacher, device=device,
+        teacher_dtype=resolve_teacher_dtype(cfg.model.teacher_dtype, device),
+        mixed_precision=device.type == "cuda" and cfg.workers.mixed_precision,
+        activation_checkpointing=cfg.workers.activation_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
+        lean=cfg.model.lean_loading, with_tokenizer=rank == 0, compile_blocks=cfg.train.compile)  # only rank 0 exports
+    if rank == 0 and models.fallback_reason and cfg.model.lean_loading:
+        print(f"[disc-ray] loading the whole model on every worker: {models.fallback_reason}", flush=True)
+    optimizer = build_optimizer(models.student, cfg.train)
+    app = AppState(models.student, optimizer, build_lr_scheduler(optimizer, cfg.train, total_steps))
+    return Worker(rank=rank, device=device, app=app, teacher=models.teacher, tokenizer=models.tokenizer)
 
 
 def restore_worker(worker: Worker, checkpoint: Checkpoint | None) -> None:
@@ -379,10 +355,19 @@ def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_c
              logging_level=logging_level)
 
 
-def plan_total_steps(num_examples: int, cfg: AdaptConfig) -> int:
-    """Optimizer steps for the run: per rank, examples / (batch * accum), ceil, times epochs (or max_steps)."""
+def plan_total_steps(num_examples: int, cfg: AdaptConfig, student_tokens: int = 0) -> int:
+    """Optimizer steps for the run: per rank, examples / (batch * accum), ceil, times epochs (or max_steps).
+
+    With ``train.max_tokens_per_step``, steps hold a varying number of documents: the plan is an upper bound
+    (greedy packing fills each pair of consecutive micro-batches past the budget, so at most
+    ``2 * ceil(tokens / budget)`` of them, and never more than one per document), ``student_tokens`` being the
+    corpus's student tokens. An epoch ends when a rank's shard runs out, so no document is dropped by the plan;
+    a decaying LR schedule may then stop short of 0."""
     per_rank = num_examples // cfg.workers.num_workers
     batches = -(-per_rank // cfg.train.batch_size)
+    if cfg.train.max_tokens_per_step > 0:
+        budget = cfg.train.max_tokens_per_step // cfg.train.grad_accum_steps
+        batches = min(per_rank, 2 * -(-student_tokens // (cfg.workers.num_workers * budget)) + 1)
     steps = -(-batches // cfg.train.grad_accum_steps) * cfg.train.epochs
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps > 0 else steps
 
@@ -450,7 +435,8 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
         raise ValueError(f"no trainable documents in {cfg.data.path}: {report.format()}")
     if report.examples < cfg.workers.num_workers:
         raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
-    total_steps = plan_total_steps(report.examples, cfg)
+    student_tokens = report.split_tokens + report.splits if cfg.objective.name == "disc" else report.tokens
+    total_steps = plan_total_steps(report.examples, cfg, student_tokens)
     log(f"training {cfg.objective.name} on {cfg.workers.num_workers} worker(s) for {total_steps} steps; "
         f"run '{cfg.run.name}' in {cfg.run.resolved_storage_path()}")
     result = build_trainer(cfg, dataset, total_steps, model_source, callbacks, verbose).fit()
