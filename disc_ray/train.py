@@ -51,6 +51,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
+from disc_ray.lora import parameter_counts, prepare_student
 from disc_ray.loop import build_lr_scheduler, build_optimizer, build_teacher, format_progress, normalizer_of, train_step
 from disc_ray.objectives import pack_batch
 from disc_ray.splits import batch_to_examples
@@ -216,6 +217,7 @@ def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Work
     torch.manual_seed(cfg.train.seed)
     student, tokenizer = load_model_and_tokenizer(model_source, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
     teacher = build_teacher(student) if cfg.objective.needs_teacher else None
+    student = prepare_student(student, cfg.objective)  # lora: PEFT adapters on the frozen base, before sharding
     if cfg.workers.activation_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.to(device)
@@ -315,18 +317,23 @@ def run_training_loop(worker: Worker, cfg: AdaptConfig, total_steps: int, run_di
 
 
 def export_from_worker(worker: Worker, cfg: AdaptConfig) -> None:
-    """Gather the full weights (a collective); rank 0 writes a Hugging Face directory reported as the ``export`` checkpoint."""
+    """Gather the full weights (a collective); rank 0 writes a Hugging Face directory reported as the ``export`` checkpoint
+    (a ``lora`` student merged into a plain model). The trainable / total parameter counts go into its ``run.json`` and
+    the final report's metrics."""
     from disc_ray.export import export_model
 
     state = worker.app.loop
+    counts = parameter_counts(worker.app.model)
     full_state = get_model_state_dict(worker.app.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     with tempfile.TemporaryDirectory(prefix="disc-ray-export-") as tmp:
         checkpoint = None
         if worker.rank == 0:
-            export_model(worker.app.model, worker.tokenizer, tmp, {"config": to_dict(cfg), "train_state": state}, state_dict=full_state)
+            export_model(worker.app.model, worker.tokenizer, tmp, {"config": to_dict(cfg), "train_state": state, "parameters": counts},
+                         state_dict=full_state)
             (Path(tmp) / EXPORT_MARKER).write_text(json.dumps({"step": state["step"]}))
             checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report({"step": state["step"], "exported": 1}, checkpoint=checkpoint, checkpoint_dir_name="export" if checkpoint else None)
+        ray.train.report({"step": state["step"], "exported": 1, **counts}, checkpoint=checkpoint,
+                         checkpoint_dir_name="export" if checkpoint else None)
 
 
 def is_exported(checkpoint: Checkpoint | None) -> bool:
