@@ -150,7 +150,7 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
     if not corpus.examples:
         raise ValueError(f"no trainable documents: {corpus.summary()}")
     teacher = build_teacher(student) if obj_cfg.needs_teacher else None
-    student = prepare_student(student, obj_cfg)
+    student = prepare_student(student, obj_cfg, train_cfg.seed)
     student.train()
     optimizer = build_optimizer(student, train_cfg)
     steps_per_epoch = math.ceil(len(corpus.examples) / (train_cfg.batch_size * train_cfg.grad_accum_steps))

@@ -30,24 +30,31 @@ def is_lora_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def apply_lora(model: torch.nn.Module, cfg: ObjectiveConfig) -> torch.nn.Module:
+def apply_lora(model: torch.nn.Module, cfg: ObjectiveConfig, seed: int = 0) -> torch.nn.Module:
     """Wrap ``model`` (a Hugging Face causal LM, full weights, before any sharding) with LoRA adapters per ``cfg``;
     returns the ``PeftModelForCausalLM`` (the base layers are modified in place), base frozen, in train mode.
-    Raises ValueError when ``lora_target_modules`` matches no layer (PEFT's message)."""
+
+    The adapters' random init (A: PEFT's Kaiming-uniform; B: zeros) is drawn from a generator seeded with ``seed``
+    alone, so every FSDP2 rank starts from the same adapters and a 2-rank run from the same ones as one process,
+    whatever random numbers model loading consumed before. Raises ValueError when ``lora_target_modules`` matches no
+    layer (PEFT's message)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     targets = cfg.lora_target_modules.strip()
     target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
                         lora_dropout=cfg.lora_dropout, target_modules=target_modules, bias="none")
-    wrapped = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = get_peft_model(model, config)
     wrapped.train()  # from_pretrained returns eval mode, which would silently turn the adapters' dropout off
     return wrapped
 
 
-def prepare_student(model: torch.nn.Module, cfg: ObjectiveConfig) -> torch.nn.Module:
-    """The model to train for ``cfg``: LoRA-wrapped for ``lora``, ``model`` itself for every other objective."""
-    return apply_lora(model, cfg) if cfg.name == "lora" else model
+def prepare_student(model: torch.nn.Module, cfg: ObjectiveConfig, seed: int = 0) -> torch.nn.Module:
+    """The model to train for ``cfg``: LoRA-wrapped for ``lora`` (adapters seeded with ``seed``), ``model`` itself for
+    every other objective."""
+    return apply_lora(model, cfg, seed) if cfg.name == "lora" else model
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

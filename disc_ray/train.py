@@ -217,7 +217,7 @@ def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Work
     torch.manual_seed(cfg.train.seed)
     student, tokenizer = load_model_and_tokenizer(model_source, dtype=torch.float32, trust_remote_code=cfg.model.trust_remote_code)
     teacher = build_teacher(student) if cfg.objective.needs_teacher else None
-    student = prepare_student(student, cfg.objective)  # lora: PEFT adapters on the frozen base, before sharding
+    student = prepare_student(student, cfg.objective, cfg.train.seed)  # lora: PEFT adapters on the frozen base, before sharding
     if cfg.workers.activation_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.to(device)
