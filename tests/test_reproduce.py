@@ -95,9 +95,12 @@ def test_methods_flag_accepts_every_objective_and_rejects_others(tmp_path, capsy
 
     assert parse_methods("disc,ft,ft_kl,lora,talr") == ("disc", "ft", "ft_kl", "lora", "talr")
     assert set(ALL_METHODS) == {"disc", "ft", "ft_kl", "lora", "talr"}
-    space = sweep_file(PRESETS["quick"], name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="m",
-                       methods=parse_methods("talr,lora"))["space"]
-    assert space["objective.name"] == {"grid": ["talr", "lora"]}
+    from disc_ray.tuning.space import parse_sweep
+
+    (tmp_path / "c.jsonl").write_text("{}\n")
+    raw = sweep_file(PRESETS["quick"], name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="smollm2-135m-instruct",
+                     methods=parse_methods("talr,lora"))
+    assert parse_sweep(raw).param_space()["objective.name"] == {"grid_search": ["talr", "lora"]}  # validated per trial
     for bad in ("disc,sft", "ft,ft", ""):
         with pytest.raises(ValueError, match="--methods"):
             parse_methods(bad)
