@@ -111,6 +111,33 @@ def test_parameter_counts_of_a_plain_model_count_everything(tiny_model):
     assert counts["trainable_parameters"] == counts["total_parameters"] == sum(p.numel() for p in tiny_model.parameters())
 
 
+
+def test_a_lora_training_checkpoint_is_read_merged_for_the_sweeps_drift(tiny_model, tmp_path):
+    """A sweep measures drift at each training checkpoint (DCP of the PEFT model's state): read through the trial's
+    objective, it gives a plain model with the adapted model's logits (a plain copy of the original cannot load it)."""
+    from disc_ray.loop import build_lr_scheduler, build_optimizer
+    from disc_ray.train import AppState, save_training_checkpoint
+    from disc_ray.tuning.trial import load_checkpoint_model
+
+    original = copy.deepcopy(tiny_model)
+    model = apply_lora(tiny_model, NO_DROPOUT, seed=5)
+    randomize_adapters(model, seed=5)
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    save_training_checkpoint(tmp_path / "ckpt", AppState(model, optimizer, build_lr_scheduler(optimizer, TrainConfig(), 10)))
+    loaded = load_checkpoint_model(tmp_path / "ckpt", original, NO_DROPOUT)
+    assert type(loaded) is type(original) and not any("lora" in k for k in loaded.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        assert (loaded(input_ids=ids).logits - original(input_ids=ids).logits).abs().max() > 1e-3
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    with pytest.raises(CheckpointException, match="Missing key"):
+        load_checkpoint_model(tmp_path / "ckpt", original)  # without the objective: the keys do not match
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
