@@ -17,6 +17,8 @@ touching the sharded model: ``W + scaling * B @ A`` per adapted layer, with PEFT
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from disc_ray.objectives import ObjectiveConfig
@@ -25,6 +27,9 @@ PEFT_PREFIX = "base_model.model."
 
 
 def is_lora_model(model) -> bool:
+    """Whether ``model`` is a PEFT model (without importing peft when nothing has: then it cannot be one)."""
+    if "peft" not in sys.modules:
+        return False
     from peft import PeftModel
 
     return isinstance(model, PeftModel)

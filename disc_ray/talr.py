@@ -31,6 +31,8 @@ is one forward vocabulary projection of the scored rows (no softmax gradient).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +69,7 @@ def compute_talr_weights(token_nll: torch.Tensor, row_documents: torch.Tensor) -
     sums = torch.zeros(num_documents, dtype=torch.float32, device=token_nll.device).index_add_(0, row_documents, token_nll)
     counts = torch.bincount(row_documents, minlength=num_documents).clamp_min(1).to(torch.float32)
     tau = (sums / counts).clamp_min(TALR_MIN_TAU)[row_documents]
-    log_p = (-token_nll).clamp_min(torch.log(torch.tensor(TALR_MIN_PROB)).item())  # log max(p, 1e-6)
+    log_p = (-token_nll).clamp_min(math.log(TALR_MIN_PROB))  # log max(p, 1e-6)
     return torch.exp(log_p / tau).clamp_min(TALR_WEIGHT_FLOOR)
 
 
