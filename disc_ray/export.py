@@ -1,7 +1,8 @@
 """Export an adapted model as a Hugging Face directory (safetensors) plus a ``run.json`` manifest.
 
 The directory loads with ``AutoModelForCausalLM.from_pretrained`` and vLLM: weights in safetensors,
-config, generation config, tokenizer files and chat template.
+config, generation config, tokenizer files and chat template. A LoRA-adapted model (the ``lora`` objective) is
+exported MERGED, as a plain model of the base architecture (:func:`disc_ray.lora.merged_state_dict`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def export_model(model: torch.nn.Module, tokenizer, output_dir: str | Path, info
                  state_dict: dict | None = None) -> Path:
     """Save ``model`` (or ``state_dict`` into ``model``'s config) as safetensors + tokenizer + ``run.json``.
 
-    ``state_dict`` is for distributed training, where rank 0 gathers the full weights into CPU memory.
+    ``state_dict`` is for distributed training, where rank 0 gathers the full weights into CPU memory. A PEFT LoRA
+    model (or its gathered state dict) is saved with its adapters merged into the base weights: a plain model.
     """
+    from disc_ray.lora import is_lora_model, merged_state_dict
+
+    if is_lora_model(model):
+        state_dict = merged_state_dict(model, state_dict)
+        model = model.get_base_model()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True, state_dict=state_dict)

@@ -217,7 +217,8 @@ def freeze_teacher(teacher: torch.nn.Module) -> torch.nn.Module:
 
 def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: torch.dtype, device: torch.device,
                          mixed_precision: bool, activation_checkpointing: bool = False, trust_remote_code: bool = False,
-                         lean: bool = True, with_tokenizer: bool = True, compile_blocks: bool = False) -> ShardedModels:
+                         lean: bool = True, with_tokenizer: bool = True, compile_blocks: bool = False,
+                         wrap_student=None) -> ShardedModels:
     """Student (fp32) and frozen teacher (``teacher_dtype``), both FSDP2-sharded over the default process group.
 
     A collective (``fully_shard``): every rank calls it. ``model_dir``: a local Hugging Face folder (or hub id: then
@@ -226,17 +227,20 @@ def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: 
     The student is left in eval mode, as ``from_pretrained`` leaves it (the full-copy path's behaviour).
     ``with_tokenizer=False`` leaves :attr:`ShardedModels.tokenizer` None on the lean path (ranks that never export:
     a fast tokenizer holds ~100 MB). ``compile_blocks``: ``torch.compile`` each decoder block of both models
-    (:func:`compile_decoder_blocks`)."""
+    (:func:`compile_decoder_blocks`). ``wrap_student``: a function applied to the loaded student before sharding
+    (LoRA adapters, :func:`disc_ray.lora.wrap_student_for_objective`); it needs real weights, so it takes the
+    full-copy path."""
     from transformers import AutoConfig
 
     from disc_ray.models import choose_attn_implementation, load_tokenizer
 
     full_copy = dict(needs_teacher=needs_teacher, teacher_dtype=teacher_dtype, device=device, mixed_precision=mixed_precision,
                      activation_checkpointing=activation_checkpointing, trust_remote_code=trust_remote_code,
-                     compile_blocks=compile_blocks)
+                     compile_blocks=compile_blocks, wrap_student=wrap_student)
     index = safetensors_index(model_dir) if Path(model_dir).is_dir() else None
-    if not lean or index is None:
-        reason = "model.lean_loading is off" if not lean else f"{model_dir} has no safetensors weights"
+    if not lean or index is None or wrap_student is not None:
+        reason = ("model.lean_loading is off" if not lean else f"{model_dir} has no safetensors weights" if index is None
+                  else "the student is wrapped (LoRA adapters) on its loaded weights")
         return build_sharded_models_full_copy(model_dir, fallback_reason=reason, **full_copy)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code) if with_tokenizer else None
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -267,7 +271,7 @@ def build_sharded_models(model_dir: str, *, needs_teacher: bool, teacher_dtype: 
 def build_sharded_models_full_copy(model_dir: str, *, needs_teacher: bool, teacher_dtype: torch.dtype, device: torch.device,
                                    mixed_precision: bool, activation_checkpointing: bool = False,
                                    trust_remote_code: bool = False, fallback_reason: str | None = None,
-                                   compile_blocks: bool = False) -> ShardedModels:
+                                   compile_blocks: bool = False, wrap_student=None) -> ShardedModels:
     """The earlier set-up: the whole fp32 model on every rank, a deep copy as the teacher (cast to ``teacher_dtype``),
     then both sharded. Peak host memory per rank: about two fp32 models."""
     from disc_ray.loop import build_teacher
@@ -275,6 +279,8 @@ def build_sharded_models_full_copy(model_dir: str, *, needs_teacher: bool, teach
 
     student, tokenizer = load_model_and_tokenizer(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     teacher = cast_parameters(build_teacher(student), teacher_dtype) if needs_teacher else None
+    if wrap_student is not None:
+        student = wrap_student(student)
     prepare_student(student, activation_checkpointing)
     for model in (student, teacher) if compile_blocks else ():
         if model is not None:

@@ -155,19 +155,27 @@ class AdaptResult:
     history: list[dict[str, float]]
     output_dir: Path | None
     corpus: PreparedCorpus
+    model: torch.nn.Module | None = None
+    """The trained model: ``student`` itself, or for ``lora`` the PEFT model wrapping it (adapters not merged)."""
 
 
 def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainConfig = TrainConfig(),
                    split_cfg: SplitConfig = SplitConfig(), obj_cfg: ObjectiveConfig = ObjectiveConfig(),
                    max_length: int = 2048, output_dir: str | Path | None = None, run_info: dict | None = None,
                    log=print) -> AdaptResult:
-    """Adapt ``student`` on ``documents`` in this process; export a Hugging Face directory if ``output_dir``."""
+    """Adapt ``student`` on ``documents`` in this process; export a Hugging Face directory if ``output_dir``.
+
+    For ``lora`` the student is wrapped with LoRA adapters first (:func:`disc_ray.lora.wrap_student_for_objective`, modifying
+    ``student`` in place) and the export is merged; ``AdaptResult.model`` is the model that was trained."""
+    from disc_ray.lora import parameter_counts, wrap_student_for_objective
+
     torch.manual_seed(train_cfg.seed)
     corpus = prepare_corpus(documents, tokenizer, split_cfg, obj_cfg, max_length)
     log(f"[disc-ray] {corpus.summary()}")
     if not corpus.examples:
         raise ValueError(f"no trainable documents: {corpus.summary()}")
     teacher = build_teacher(student) if obj_cfg.needs_teacher else None
+    student = wrap_student_for_objective(student, obj_cfg, train_cfg.seed)
     student.train()
     optimizer = build_optimizer(student, train_cfg)
     steps_per_epoch = math.ceil(len(corpus.examples) / (train_cfg.batch_size * train_cfg.grad_accum_steps))
@@ -195,10 +203,11 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
         from disc_ray.export import export_model
 
         info = dict(run_info or {}, data={"documents_read": corpus.documents_read, "examples": len(corpus.examples),
-                                          "skipped": dict(corpus.skipped)}, metrics=history[-1] if history else {})
+                                          "skipped": dict(corpus.skipped)}, metrics=history[-1] if history else {},
+                    parameters=parameter_counts(student))
         exported = export_model(student, tokenizer, output_dir, info)
         log(f"[disc-ray] exported the adapted model to {exported}")
-    return AdaptResult(history=history, output_dir=exported, corpus=corpus)
+    return AdaptResult(history=history, output_dir=exported, corpus=corpus, model=student)
 
 
 def format_progress(metrics: dict[str, float], total_steps: int) -> str:

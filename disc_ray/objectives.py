@@ -1,4 +1,7 @@
-"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` baselines. Plain torch, no Ray.
+"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` / ``talr`` / ``lora`` baselines. Plain torch, no Ray.
+
+``talr`` (token-adaptive loss reweighting) lives in :mod:`disc_ray.talr`; ``lora`` is ``ft``'s cross-entropy
+through PEFT LoRA adapters (:mod:`disc_ray.lora` wraps the student; the loss here is ``ft``'s).
 
 DiSC for one split ``[s, e)`` of a document ``x``: the frozen teacher reads ``x[:e]``, the student
 reads ``x[s:e]`` alone, and the loss is ``T^2 * KL(teacher/T || student/T)`` on the split's tokens
@@ -25,7 +28,7 @@ from disc_ray.model_check import OutputHead, output_head, packed_attention_kwarg
 from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
-OBJECTIVES = ("disc", "ft", "ft_kl")
+OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora")
 NORMALIZATIONS = ("document", "token")
 
 
@@ -34,7 +37,9 @@ class ObjectiveConfig:
     """Which loss to train and its knobs (paper defaults)."""
 
     name: str = "disc"
-    """``disc`` (default), ``ft`` (next-token cross-entropy) or ``ft_kl`` (CE + beta * KL to the initial model)."""
+    """``disc`` (default), ``ft`` (next-token cross-entropy), ``ft_kl`` (CE + beta * KL to the initial model),
+    ``talr`` (CE with token-adaptive weights, :mod:`disc_ray.talr`) or ``lora`` (CE through LoRA adapters on a
+    frozen base, merged into the export: :mod:`disc_ray.lora`)."""
     temperature: float = 2.0
     """DiSC softmax temperature T; the KL is multiplied by T^2."""
     ft_kl_beta: float = 0.1
@@ -44,6 +49,15 @@ class ObjectiveConfig:
     (the paper's); ``token``: every scored token weighs the same."""
     chunk_size: int = 256
     """Rows of the vocabulary projection computed at once; peak memory ~ 3-4 x chunk_size x vocab x 4 bytes."""
+    lora_rank: int = 16
+    """``lora`` only: adapter rank r (the paper's released code: 16)."""
+    lora_alpha: float = 32.0
+    """``lora`` only: scaling alpha; the adapter's update is ``alpha / r * B @ A`` (released code: 32)."""
+    lora_dropout: float = 0.1
+    """``lora`` only: dropout on the adapters' input while training (released code: 0.1)."""
+    lora_target_modules: str = "all-linear"
+    """``lora`` only: PEFT ``target_modules``: ``all-linear`` (every linear layer but the output head, as the released
+    code) or a comma-separated list of module names (``q_proj,v_proj``)."""
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -56,6 +70,12 @@ class ObjectiveConfig:
             raise ValueError(f"objective.ft_kl_beta must be >= 0, got {self.ft_kl_beta}")
         if self.chunk_size < 1:
             raise ValueError(f"objective.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"objective.lora_rank must be >= 1 and objective.lora_alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"objective.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules.strip():
+            raise ValueError("objective.lora_target_modules must not be empty")
 
     @property
     def needs_teacher(self) -> bool:
@@ -85,6 +105,7 @@ class PackedBatch:
     row_weights: torch.Tensor  # [N] float32
     num_documents: int
     num_target_tokens: int
+    row_documents: torch.Tensor | None = None  # [N] long: each scored row's document index in the batch (0..D-1)
 
     def to(self, device) -> "PackedBatch":
         moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
@@ -98,8 +119,8 @@ def _as_tensors(**lists) -> dict[str, torch.Tensor]:
 def pack_disc_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
     """Pack documents for the teacher and their splits for the student (see module docstring)."""
     teacher_ids, teacher_pos, student_ids, student_pos = [], [], [], []
-    teacher_rows, student_rows, targets, weights = [], [], [], []
-    for example in examples:
+    teacher_rows, student_rows, targets, weights, documents = [], [], [], [], []
+    for index, example in enumerate(examples):
         if not example.split_spans:
             raise ValueError("pack_disc_batch: an example has no split spans (prepare it with with_splits=True)")
         doc_offset = len(teacher_ids)
@@ -116,6 +137,7 @@ def pack_disc_batch(examples: list[DocumentExample], normalization: str = "docum
             targets += example.input_ids[start + 1 : end]
             weight = 1.0 / (scored * len(example.split_spans)) if normalization == "document" else 1.0
             weights += [weight] * scored
+            documents += [index] * scored
     tensors = _as_tensors(
         teacher_input_ids=teacher_ids, teacher_position_ids=teacher_pos, teacher_positions=teacher_rows,
         student_input_ids=student_ids, student_position_ids=student_pos, student_positions=student_rows,
@@ -123,13 +145,15 @@ def pack_disc_batch(examples: list[DocumentExample], normalization: str = "docum
     )
     tensors["target_ids"] = tensors["target_ids"].squeeze(0)
     return PackedBatch(**tensors, row_weights=torch.tensor(weights, dtype=torch.float32),
-                       num_documents=len(examples), num_target_tokens=len(targets))
+                       num_documents=len(examples), num_target_tokens=len(targets),
+                       row_documents=torch.tensor(documents, dtype=torch.long))
 
 
 def pack_lm_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
-    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``); teacher and student rows are the same."""
-    ids, pos, rows, targets, weights = [], [], [], [], []
-    for example in examples:
+    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``, ``talr``, ``lora``); teacher and student rows
+    are the same."""
+    ids, pos, rows, targets, weights, documents = [], [], [], [], [], []
+    for index, example in enumerate(examples):
         offset, n = len(ids), len(example.input_ids)
         ids += example.input_ids
         pos += range(n)
@@ -138,12 +162,13 @@ def pack_lm_batch(examples: list[DocumentExample], normalization: str = "documen
         targets += example.input_ids[first + 1 :]
         scored = n - 1 - first
         weights += [1.0 / scored if normalization == "document" else 1.0] * scored
+        documents += [index] * scored
     tensors = _as_tensors(input_ids=ids, position_ids=pos, positions=rows, target_ids=targets)
     return PackedBatch(
         teacher_input_ids=tensors["input_ids"], teacher_position_ids=tensors["position_ids"], teacher_positions=tensors["positions"],
         student_input_ids=tensors["input_ids"], student_position_ids=tensors["position_ids"], student_positions=tensors["positions"],
         target_ids=tensors["target_ids"].squeeze(0), row_weights=torch.tensor(weights, dtype=torch.float32),
-        num_documents=len(examples), num_target_tokens=len(targets),
+        num_documents=len(examples), num_target_tokens=len(targets), row_documents=torch.tensor(documents, dtype=torch.long),
     )
 
 
@@ -326,16 +351,27 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
         teacher_weight = output_head(teacher).weight.detach()
     if cfg.name == "disc":
         scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.temperature)
-    elif cfg.name == "ft":
+    elif cfg.name in ("ft", "talr", "lora"):
         scales = dict(ce_scale=1.0, kl_scale=0.0, temperature=1.0)
     else:
         scales = dict(ce_scale=1.0, kl_scale=cfg.ft_kl_beta, temperature=cfg.ft_kl_temperature)
     head = output_head(student)
+    row_weights = batch.row_weights.to(student_hidden.device)
+    plain_ce_sum = None
+    if cfg.name == "talr":  # per-row TALR weights from a no-grad chunked NLL pass (disc_ray/talr.py)
+        from disc_ray.talr import compute_talr_weights, compute_token_nll
+
+        token_nll = compute_token_nll(student_hidden.detach(), head.weight.detach(), batch.target_ids, chunk_size=cfg.chunk_size,
+                                      logit_scale=head.logit_scale, softcap=head.softcap)
+        plain_ce_sum = float((row_weights * token_nll).sum())
+        row_weights = row_weights * compute_talr_weights(token_nll, batch.row_documents.to(token_nll.device))
     loss_sum, stats = chunked_linear_divergence(
-        student_hidden, head.weight, teacher_hidden, teacher_weight, batch.target_ids, batch.row_weights.to(student_hidden.device),
+        student_hidden, head.weight, teacher_hidden, teacher_weight, batch.target_ids, row_weights,
         chunk_size=cfg.chunk_size, softcap=head.softcap, logit_scale=head.logit_scale, **scales,
     )
     ce_sum, kl_sum = stats.tolist()
+    if plain_ce_sum is not None:  # talr logs the plain CE (comparable with ft's); its loss is the weighted one
+        ce_sum = plain_ce_sum
     return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,
                       num_documents=batch.num_documents, num_target_tokens=batch.num_target_tokens)
 

@@ -3,6 +3,7 @@
     python jobs/reproduce.py --quick                 # 3 methods x 3 LRs, 12 passages: under 30 min on 2 CPU cores
     python jobs/reproduce.py                         # the full preset: 3 methods x 4 LRs, 48 passages (~2 h)
     python jobs/reproduce.py --quick --out ~/repro --model /models/Qwen2.5-0.5B-Instruct
+    python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr   # the LoRA and TALR baselines too
 
 It is a Ray Tune sweep (:mod:`disc_ray.tuning`) whose space is ``objective.name x train.lr``: every run
 trains on the same BioASQ passages (the same number of documents), is evaluated closed book on those
@@ -38,6 +39,10 @@ from disc_ray.evaluation.stats import format_ci
 from disc_ray.records import read_jsonl
 
 METHODS = ("ft", "ft_kl", "disc")
+"""The methods a reproduction trains by default (``--methods`` picks others)."""
+ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "disc")
+"""Every method ``--methods`` accepts, in the order tables and plots list them: the ``objective.name`` values
+(``talr``: token-adaptive loss reweighting, ``lora``: CE through merged LoRA adapters; see the README)."""
 DOMAIN_METRICS = {"prob": "domain_mcq.prob_correct", "ll_norm": "domain_mcq.accuracy_ll_norm",
                   "ll": "domain_mcq.accuracy_ll", "gen": "domain_mcq.accuracy_gen"}
 """What the rule maximises. ``prob`` (default): the probability on the correct option (softmax over the options'
@@ -135,7 +140,7 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
     baseline = outcome["baseline_eval"]["suites"]
     original = run_scores("original", baseline, [metric], [SKILL_METRIC])
     rows = [{"method": "original", "lr": None, "status": "", **_scores(baseline), "selected": "", "scores": original}]
-    for record in sorted(outcome["records"], key=lambda r: (METHODS.index(r.params["objective.name"]), r.params["train.lr"])):
+    for record in sorted(outcome["records"], key=lambda r: (ALL_METHODS.index(r.params["objective.name"]), r.params["train.lr"])):
         suites = {}
         if record.model_dir and (Path(record.model_dir) / "eval" / "eval.json").exists():
             suites = json.loads((Path(record.model_dir) / "eval" / "eval.json").read_text())["suites"]
@@ -223,7 +228,7 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     domain_label = f"BioASQ closed-book MCQ: {DOMAIN_METRICS[domain_metric]} (points)"
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for method in METHODS:
+    for method in methods_run(runs):
         points = [r for r in runs if r["method"] == method and r.get("frontier") is not None
                   and r["frontier"].retention is not None and r["scores"].domain is not None]
         for r in points:
@@ -242,7 +247,7 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     _save(fig, ax, "Knowledge gained vs instruction following kept (95% intervals)", out / "tradeoff.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for method in METHODS:
+    for method in methods_run(runs):
         points = sorted((r for r in runs if r["method"] == method), key=lambda r: r["lr"])
         values = [r["ifeval_inst_strict"] if r["ifeval_inst_strict"] is not None else float("nan") for r in points]
         ax.plot([r["lr"] for r in points], values, "-o", c=COLOURS[method], label=method)
@@ -275,12 +280,26 @@ def _save(fig, ax, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def methods_run(runs: list[dict]) -> list[str]:
+    """The methods that have at least one run in ``runs``, in :data:`ALL_METHODS` order."""
+    return [m for m in ALL_METHODS if any(r["method"] == m for r in runs)]
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``"disc,ft,lora"`` -> ``("disc", "ft", "lora")``; raises ValueError naming an unknown or repeated method."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: expected distinct methods from {','.join(ALL_METHODS)}, got {text!r}")
+    return methods
+
+
 def select_per_method(records: list, baseline, spec) -> dict[str, str | None]:
     """The paper's rule applied to each method's runs separately: {method: selected trial id or None}."""
     from disc_ray.tuning.selection import select_trials
 
     chosen = {}
-    for method in METHODS:
+    for method in ALL_METHODS:
         own = [copy.deepcopy(r) for r in records if r.params["objective.name"] == method]
         if own:
             chosen[method] = select_trials(own, baseline, spec).best
@@ -359,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bioasq", default=str(DEFAULT_MCQ_PATH), help="BioASQ MCQ JSONL (passages under meta.context)")
     parser.add_argument("--documents", type=int, help="override the preset's number of passages")
     parser.add_argument("--lrs", help="override the preset's learning rates, comma separated")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"the methods to train, comma separated, from {','.join(ALL_METHODS)} (default: {','.join(METHODS)})")
     parser.add_argument("--domain-metric", choices=sorted(DOMAIN_METRICS), default=DEFAULT_DOMAIN_METRIC,
                         help="what the paper's rule maximises: prob (default: probability on the correct option), "
                              "ll_norm, ll (raw log-likelihood accuracy, favours short options) or gen")
@@ -373,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     from disc_ray.models import ModelLoadError
 
     try:
+        methods = parse_methods(args.methods)
         run_reproduction(preset, out_dir=args.out, name=args.name or f"reproduce-{'quick' if args.quick else 'full'}",
-                         model=args.model, bioasq_path=args.bioasq, domain_metric=args.domain_metric)
+                         model=args.model, bioasq_path=args.bioasq, methods=methods, domain_metric=args.domain_metric)
     except (ConfigError, EvalInputError, ModelLoadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
 from disc_ray.loading import all_fsdp_modules, build_sharded_models, decoder_layers, resolve_teacher_dtype, shard_model  # noqa: F401
 from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, group_by_token_budget, normalizer_of, train_step
+from disc_ray.lora import parameter_counts, wrap_student_for_objective
 from disc_ray.objectives import pack_batch
 from disc_ray.records import load_jsonl
 from disc_ray.splits import batch_to_examples
@@ -195,12 +196,15 @@ def set_up_worker(cfg: AdaptConfig, model_source: str, total_steps: int) -> Work
     device = ray.train.torch.get_device()
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.train.seed)
+    # lora: PEFT adapters on the frozen base, initialised on the loaded weights, before sharding
+    wrap = (lambda student: wrap_student_for_objective(student, cfg.objective, cfg.train.seed)) if cfg.objective.name == "lora" else None
     models = build_sharded_models(
         model_source, needs_teacher=cfg.objective.needs_teacher, device=device,
         teacher_dtype=resolve_teacher_dtype(cfg.model.teacher_dtype, device),
         mixed_precision=device.type == "cuda" and cfg.workers.mixed_precision,
         activation_checkpointing=cfg.workers.activation_checkpointing, trust_remote_code=cfg.model.trust_remote_code,
-        lean=cfg.model.lean_loading, with_tokenizer=rank == 0, compile_blocks=cfg.train.compile)  # only rank 0 exports
+        lean=cfg.model.lean_loading, with_tokenizer=rank == 0, compile_blocks=cfg.train.compile,  # only rank 0 exports
+        wrap_student=wrap)
     if rank == 0 and models.fallback_reason and cfg.model.lean_loading:
         print(f"[disc-ray] loading the whole model on every worker: {models.fallback_reason}", flush=True)
     optimizer = build_optimizer(models.student, cfg.train)
@@ -292,18 +296,23 @@ def run_training_loop(worker: Worker, cfg: AdaptConfig, total_steps: int, run_di
 
 
 def export_from_worker(worker: Worker, cfg: AdaptConfig) -> None:
-    """Gather the full weights (a collective); rank 0 writes a Hugging Face directory reported as the ``export`` checkpoint."""
+    """Gather the full weights (a collective); rank 0 writes a Hugging Face directory reported as the ``export`` checkpoint
+    (a ``lora`` student merged into a plain model). The trainable / total parameter counts go into its ``run.json`` and
+    the final report's metrics."""
     from disc_ray.export import export_model
 
     state = worker.app.loop
+    counts = parameter_counts(worker.app.model)
     full_state = get_model_state_dict(worker.app.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     with tempfile.TemporaryDirectory(prefix="disc-ray-export-") as tmp:
         checkpoint = None
         if worker.rank == 0:
-            export_model(worker.app.model, worker.tokenizer, tmp, {"config": to_dict(cfg), "train_state": state}, state_dict=full_state)
+            export_model(worker.app.model, worker.tokenizer, tmp, {"config": to_dict(cfg), "train_state": state, "parameters": counts},
+                         state_dict=full_state)
             (Path(tmp) / EXPORT_MARKER).write_text(json.dumps({"step": state["step"]}))
             checkpoint = Checkpoint.from_directory(tmp)
-        ray.train.report({"step": state["step"], "exported": 1}, checkpoint=checkpoint, checkpoint_dir_name="export" if checkpoint else None)
+        ray.train.report({"step": state["step"], "exported": 1, **counts}, checkpoint=checkpoint,
+                         checkpoint_dir_name="export" if checkpoint else None)
 
 
 def is_exported(checkpoint: Checkpoint | None) -> bool:

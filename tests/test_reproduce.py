@@ -90,6 +90,24 @@ def test_command_line_rejects_too_many_documents(tmp_path):
     assert main(["--quick", "--documents", "100000", "--out", str(tmp_path)]) == 2
 
 
+def test_methods_flag_accepts_every_objective_and_rejects_others(tmp_path, capsys):
+    from disc_ray.reproduce import ALL_METHODS, PRESETS, main, parse_methods, sweep_file
+
+    assert parse_methods("disc,ft,ft_kl,lora,talr") == ("disc", "ft", "ft_kl", "lora", "talr")
+    assert set(ALL_METHODS) == {"disc", "ft", "ft_kl", "lora", "talr"}
+    from disc_ray.tuning.space import parse_sweep
+
+    (tmp_path / "c.jsonl").write_text("{}\n")
+    raw = sweep_file(PRESETS["quick"], name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="smollm2-135m-instruct",
+                     methods=parse_methods("talr,lora"))
+    assert parse_sweep(raw).param_space()["objective.name"] == {"grid_search": ["talr", "lora"]}  # validated per trial
+    for bad in ("disc,sft", "ft,ft", ""):
+        with pytest.raises(ValueError, match="--methods"):
+            parse_methods(bad)
+    assert main(["--quick", "--methods", "disc,rephrase", "--out", str(tmp_path)]) == 2
+    assert "--methods" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- matched retention (no Ray)
 
 

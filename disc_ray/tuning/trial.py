@@ -65,9 +65,11 @@ def read_trial_log(sweep_dir: str | Path) -> list[dict]:
 # --------------------------------------------------------------------------- drift
 
 
-def load_checkpoint_model(directory: Path, original):
+def load_checkpoint_model(directory: Path, original, objective=None):
     """The student's weights from a Ray Train checkpoint of this repo: an HF export, or a training checkpoint
-    (torch distributed checkpoint, loaded into a copy of ``original`` in this single process)."""
+    (torch distributed checkpoint, loaded into a copy of ``original`` in this single process). A ``lora`` run's
+    training checkpoint (``objective``: its :class:`~disc_ray.objectives.ObjectiveConfig`) holds the PEFT model's
+    state: it is loaded into a LoRA-wrapped copy built from ``objective``, then merged into a plain model."""
     from transformers import AutoModelForCausalLM
 
     from disc_ray.train import EXPORT_MARKER, is_training_checkpoint, load_checkpoint_weights
@@ -76,6 +78,11 @@ def load_checkpoint_model(directory: Path, original):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=next(original.parameters()).dtype)
     if not is_training_checkpoint(directory):
         return None
+    if objective is not None and objective.name == "lora":
+        from disc_ray.lora import apply_lora
+
+        adapted = load_checkpoint_weights(directory, apply_lora(copy.deepcopy(original), objective))
+        return adapted.merge_and_unload().eval()
     return load_checkpoint_weights(directory, copy.deepcopy(original))
 
 
@@ -98,8 +105,8 @@ class DriftMeter:
         drift = compute_drift(self.original, adapted, self.batches)
         return {"drift_kl": drift["drift_kl"], "drift_nll": drift["drift_nll"]}
 
-    def measure_checkpoint(self, directory: Path) -> dict:
-        adapted = load_checkpoint_model(Path(directory), self.original)
+    def measure_checkpoint(self, directory: Path, objective=None) -> dict:
+        adapted = load_checkpoint_model(Path(directory), self.original, objective)
         return {} if adapted is None else self.measure(adapted)
 
 
@@ -114,10 +121,11 @@ class DriftReportCallback(_tune_report_callback_class()):
     ``drift_nll`` to the reports that carry a checkpoint (every ``run.checkpoint_every_n_steps`` steps and the
     final export). It runs in the Train controller, on CPU, one checkpoint at a time."""
 
-    def __init__(self, original_dir: str, records: list[dict]):
+    def __init__(self, original_dir: str, records: list[dict], objective=None):
         super().__init__()
         self.original_dir = original_dir
         self.records = list(records)
+        self.objective = objective  # the trial's ObjectiveConfig: a lora checkpoint is read through its adapters
         self._meter = None
 
     def __getstate__(self):
@@ -133,7 +141,7 @@ class DriftReportCallback(_tune_report_callback_class()):
                 if self._meter is None:
                     self._meter = DriftMeter(self.original_dir, self.records)
                 with checkpoint.as_directory() as directory:
-                    first.update(self._meter.measure_checkpoint(Path(directory)))
+                    first.update(self._meter.measure_checkpoint(Path(directory), self.objective))
                 first["drift_time_s"] = time.perf_counter() - started
             except Exception as err:  # a failed measurement must not fail the training run
                 logger.warning("drift measurement failed on %s: %s", checkpoint.path, err)
@@ -247,7 +255,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
     append_trial_log(sweep_dir, trial_id, "started")
     cfg = context.sweep.trial_config(config, trial_id)
     if context.sweep.drift.enabled:
-        callback = DriftReportCallback(context.model_source, list(context.drift_records))
+        callback = DriftReportCallback(context.model_source, list(context.drift_records), cfg.objective)
     else:
         callback = _tune_report_callback_class()()
     model_dir, summary = train_trial(cfg, context, callback)
