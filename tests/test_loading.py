@@ -16,7 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from disc_ray.models import build_tiny_model
+from disc_ray.models import build_tiny_model, load_model_and_tokenizer
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch
 
 
 def free_port() -> int:
@@ -194,6 +195,12 @@ def compare_architectures(rank: int, world_size: int, port: int, folders: dict[s
             dist.all_reduce(loss)
             results[model_type, lean] = dict(loading=models.loading, reason=models.fallback_reason, state=state,
                                              loss=loss.item(), buffers={n: b.clone() for n, b in models.student.named_buffers()})
+        # data parallel: each rank its own documents, divided by the global document count (2 ranks == 1 process)
+        with torch.no_grad():
+            shard = compute_loss(models.student, models.teacher, pack_disc_batch(examples[rank::world_size]), ObjectiveConfig(),
+                                 normalizer=len(examples)).loss
+        dist.all_reduce(shard)
+        results[model_type, "data_parallel"] = shard.item()
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
@@ -223,3 +230,7 @@ def test_every_tested_architecture_loads_lean_to_the_full_copy_paths_weights_buf
         for name, buffer in full["buffers"].items():
             torch.testing.assert_close(lean["buffers"][name], buffer, rtol=0, atol=0, msg=f"{model_type} {name}")
         assert lean["loss"] == full["loss"] and lean["loss"] > 0, (model_type, lean["loss"], full["loss"])
+        student, _ = load_model_and_tokenizer(folders[model_type])  # one process, every document, unsharded
+        with torch.no_grad():
+            single = compute_loss(student, student, pack_disc_batch(examples), ObjectiveConfig()).loss.item()
+        assert results[model_type, "data_parallel"] == pytest.approx(single, rel=1e-5), model_type
