@@ -40,6 +40,39 @@ def _core_tests_start_no_ray(request):
         pytest.fail("this test started Ray: mark it @pytest.mark.ray (it is not a core test)")
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray cluster for one test module (4 logical CPUs: 2 training workers + their data tasks)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def assert_packed_loss_matches_reference(student, teacher, examples, cfg, *, loss_atol: float = 1e-6) -> None:
+    """Packed ``compute_loss`` of ``examples`` equals the per-split ``reference_disc_loss``: loss and every
+    parameter's gradient (rtol 1e-5; gradients atol 1e-5). Leaves the student's gradients zeroed."""
+    from disc_ray.objectives import compute_loss, pack_disc_batch, reference_disc_loss
+
+    def grads():
+        return {n: p.grad.detach().clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    packed = compute_loss(student, teacher, pack_disc_batch(examples), cfg)
+    packed.loss.backward()
+    packed_grads = grads()
+    student.zero_grad()
+    reference = reference_disc_loss(student, teacher, examples, temperature=cfg.temperature)
+    reference.backward()
+    reference_grads = grads()
+    student.zero_grad()
+    assert packed.loss.item() > 1e-4
+    torch.testing.assert_close(packed.loss, reference, rtol=1e-5, atol=loss_atol)
+    assert packed_grads.keys() == reference_grads.keys() and packed_grads
+    for name in packed_grads:
+        torch.testing.assert_close(packed_grads[name], reference_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded default converted to safetensors (once per machine, ~30 s; cached afterwards)."""

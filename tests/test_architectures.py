@@ -13,12 +13,13 @@ import copy
 import pytest
 import ray
 import torch
+from conftest import assert_packed_loss_matches_reference
 
 from disc_ray.config import AdaptConfig, TrainConfig, load_config
 from disc_ray.loop import run_adaptation
 from disc_ray.model_check import ModelCheckError, check_model, check_model_source, packed_attention
 from disc_ray.models import load_model_and_tokenizer
-from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, reference_disc_loss
+from disc_ray.objectives import ObjectiveConfig
 from disc_ray.splits import SplitConfig, example_to_row, prepare_document
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -74,10 +75,6 @@ def examples_for(texts, tokenizer):
     return [e for t in texts for e in prepare_document(t, tokenizer, SplitConfig(seed=3), 2048)]
 
 
-def grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.core
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_packed_loss_equals_reference_or_refused(model_type, tmp_path, tokenizer, texts):
@@ -96,19 +93,7 @@ def test_packed_loss_equals_reference_or_refused(model_type, tmp_path, tokenizer
         generator = torch.Generator().manual_seed(1)
         for p in student.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=generator))
-    examples = examples_for(texts, tokenizer)
-    packed = compute_loss(student, teacher, pack_disc_batch(examples), ObjectiveConfig(chunk_size=53))
-    packed.loss.backward()
-    packed_grads = grads(student)
-    student.zero_grad()
-    reference = reference_disc_loss(student, teacher, examples, temperature=2.0)
-    reference.backward()
-    reference_grads = grads(student)
-    assert packed.loss.item() > 1e-4
-    torch.testing.assert_close(packed.loss, reference, rtol=1e-5, atol=1e-6)
-    assert packed_grads.keys() == reference_grads.keys()
-    for name in packed_grads:
-        torch.testing.assert_close(packed_grads[name], reference_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert_packed_loss_matches_reference(student, teacher, examples_for(texts, tokenizer), ObjectiveConfig(chunk_size=53))
 
 
 # --------------------------------------------------------------------------- the probe catches what is wrong
@@ -225,13 +210,6 @@ def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenize
 
 
 # --------------------------------------------------------------------------- one real Ray Train step per wrapping
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.ray

@@ -138,15 +138,6 @@ def test_a_lora_training_checkpoint_is_read_merged_for_the_sweeps_drift(tiny_mod
         load_checkpoint_model(tmp_path / "ckpt", original)  # without the objective: the keys do not match
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_two_fsdp_workers_match_one_process_and_export_merged(local_ray, tmp_path, tiny_model_dir, tokenizer, bioasq_passages):
     """FSDP2 over 2 gloo workers == one process for ``lora``, loss per step; the export is a plain merged model.

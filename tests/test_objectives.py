@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_packed_loss_matches_reference
 
 from disc_ray.loop import build_lr_scheduler, build_optimizer, train_step
 from disc_ray.config import TrainConfig
@@ -12,7 +13,6 @@ from disc_ray.objectives import (
     compute_loss,
     pack_batch,
     pack_disc_batch,
-    reference_disc_loss,
     reference_lm_loss,
 )
 from disc_ray.splits import STRATEGIES, SplitConfig, prepare_document
@@ -33,18 +33,7 @@ def test_packed_disc_equals_per_split_reference(student_teacher, tokenizer, bioa
     examples = examples_for(bioasq_passages[:3], tokenizer, strategy)
     assert sum(len(e.split_spans) for e in examples) >= 3
     cfg = ObjectiveConfig(name="disc", temperature=2.0, chunk_size=53)  # 53 does not divide the token count
-    packed = compute_loss(student, teacher, pack_disc_batch(examples), cfg)
-    packed.loss.backward()
-    packed_grads = grads(student)
-    student.zero_grad()
-    reference = reference_disc_loss(student, teacher, examples, temperature=2.0)
-    reference.backward()
-    reference_grads = grads(student)
-    assert packed.loss.item() > 1e-4
-    torch.testing.assert_close(packed.loss, reference, rtol=1e-5, atol=1e-5)
-    assert packed_grads.keys() == reference_grads.keys()
-    for name in packed_grads:
-        torch.testing.assert_close(packed_grads[name], reference_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert_packed_loss_matches_reference(student, teacher, examples, cfg, loss_atol=1e-5)
 
 
 @pytest.mark.parametrize("name,beta", [("ft", 0.0), ("ft_kl", 0.1)])

@@ -18,13 +18,6 @@ from disc_ray.splits import SplitConfig, example_to_row, prepare_document
 from disc_ray.train import INITIAL_TRAIN_STATE, AppState, build_trainer, load_training_checkpoint, save_training_checkpoint
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture()
 def tiny_dir(tmp_path, embedded_dir):
     model, tokenizer = build_tiny_model(str(embedded_dir))
