@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
-from disc_ray.evaluation.stats import format_ci
 from disc_ray.records import read_jsonl
+from disc_ray.reporting import draw_error_bars, format_ci, format_number, markdown_table, new_figure, save_figure, write_csv
 
 METHODS = ("ft", "ft_kl", "disc")
 """The methods a reproduction trains by default (``--methods`` picks others)."""
@@ -182,19 +181,9 @@ MARKDOWN_COLUMNS = ("method", "lr", "status", "mcq_prob", "mcq_ll_norm", "mcq_ge
 """``results.md`` shows intervals inside the cells (``41.2 [36.1, 46.3]``); the CSV has them as columns."""
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.0e}" if 0 < abs(value) < 1e-2 else f"{value:.2f}"
-    return str(value)
-
-
 def write_tables(rows: list[dict], out: Path) -> tuple[Path, Path]:
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: row.get(k) for k in COLUMNS} for row in rows)
+    write_csv(out / "results.csv", rows, COLUMNS)
+
     def cell(row: dict, key: str) -> str:
         if key == "mcq_prob" and row.get("mcq_prob") is not None:
             return format_ci(row["mcq_prob"], [row.get("mcq_prob_ci_low"), row.get("mcq_prob_ci_high")])
@@ -202,32 +191,25 @@ def write_tables(rows: list[dict], out: Path) -> tuple[Path, Path]:
             return format_ci(row[key], [row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")])
         if key == "ifeval_change" and row.get(key) is not None and row.get("ifeval_change_ci_low") is not None:
             return format_ci(row[key], [row["ifeval_change_ci_low"], row["ifeval_change_ci_high"]], signed=True)
-        return _fmt(row.get(key))
+        return format_number(row.get(key), small="exponent")  # learning rates: 3e-04
 
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
-    lines += ["| " + " | ".join(cell(row, k) for k in MARKDOWN_COLUMNS) + " |" for row in rows]
+    table = markdown_table(MARKDOWN_COLUMNS, [[cell(row, k) for k in MARKDOWN_COLUMNS] for row in rows])
     (out / "results.md").write_text(
         "Scores in points (0-100) with 95% bootstrap intervals over the questions / prompts; `ifeval_change` vs the "
         "original with its PAIRED interval; `mcq_margin` in nats/byte, drift in nats/token; `selected`: the paper's "
-        "rule, per method.\n\n" + "\n".join(lines) + "\n")
+        "rule, per method.\n\n" + table + "\n")
     return out / "results.csv", out / "results.md"
 
 
 def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> tuple[Path, Path, Path]:
     """``tradeoff.png`` (every run), ``retention_vs_lr.png`` and ``frontier.png`` (each method's frontier), with
     95% intervals as error bars (IFEval changes: paired intervals)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from disc_ray.evaluation.frontier import BUDGETS, COLOURS, plot_frontiers
-    from disc_ray.evaluation.report import draw_error_bars
 
     original, runs = rows[0], rows[1:]
     domain_label = f"BioASQ closed-book MCQ: {DOMAIN_METRICS[domain_metric]} (points)"
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = new_figure()
     for method in methods_run(runs):
         points = [r for r in runs if r["method"] == method and r.get("frontier") is not None
                   and r["frontier"].retention is not None and r["scores"].domain is not None]
@@ -244,9 +226,9 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     ax.axvline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"-{max_drop:g} points")
     ax.set_xlabel("IFEval instruction-level strict, change vs original (points)")
     ax.set_ylabel(domain_label)
-    _save(fig, ax, "Knowledge gained vs instruction following kept (95% intervals)", out / "tradeoff.png")
+    save_figure(fig, ax, out / "tradeoff.png", "Knowledge gained vs instruction following kept (95% intervals)")
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = new_figure()
     for method in methods_run(runs):
         points = sorted((r for r in runs if r["method"] == method), key=lambda r: r["lr"])
         values = [r["ifeval_inst_strict"] if r["ifeval_inst_strict"] is not None else float("nan") for r in points]
@@ -262,22 +244,11 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("IFEval instruction-level strict (points)")
-    _save(fig, ax, "Retention vs learning rate (95% intervals)", out / "retention_vs_lr.png")
+    save_figure(fig, ax, out / "retention_vs_lr.png", "Retention vs learning rate (95% intervals)")
     frontier = plot_frontiers([r["frontier"] for r in runs if r.get("frontier") is not None], original["scores"],
                               out / "frontier.png", budgets=BUDGETS, domain_label=domain_label,
                               skill_label="IFEval instruction-level strict")
     return out / "tradeoff.png", out / "retention_vs_lr.png", frontier
-
-
-def _save(fig, ax, title: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def methods_run(runs: list[dict]) -> list[str]:
@@ -311,13 +282,16 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
     """The paper's rule per method (with intervals), then the methods at matched retention (2 and 5 points)."""
     from disc_ray.evaluation.frontier import BUDGETS, best_at_budgets, format_budget_markdown
 
+    def num(value) -> str:
+        return format_number(value, small="exponent")
+
     by_id = {r.trial_id: r for r in records}
     original = rows[0]
     metric = DOMAIN_METRICS[domain_metric]
     lines = [f"Paper's rule, per method: best domain score ({metric}) with at most {max_drop:g} points lost on IFEval "
              f"(original: {metric} {format_ci(original['scores'].domain, original['scores'].domain_ci)}, "
-             f"MCQ gen {_fmt(original['mcq_gen'])} (lenient parse {_fmt(original['mcq_gen_lenient'])}), "
-             f"MCQ ll {_fmt(original['mcq_ll'])}, ll_norm {_fmt(original['mcq_ll_norm'])}, "
+             f"MCQ gen {num(original['mcq_gen'])} (lenient parse {num(original['mcq_gen_lenient'])}), "
+             f"MCQ ll {num(original['mcq_ll'])}, ll_norm {num(original['mcq_ll_norm'])}, "
              f"IFEval {format_ci(original['ifeval_inst_strict'], [original['ifeval_inst_strict_ci_low'], original['ifeval_inst_strict_ci_high']])}). "
              "Intervals: 95% bootstrap over questions / prompts; changes vs the original are paired.", ""]
     for method, trial_id in per_method.items():
@@ -328,9 +302,9 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
         row = next(r for r in rows[1:] if r["method"] == method and r["lr"] == record.params["train.lr"])
         change = row["frontier"].retention_ci if row.get("frontier") else None
         lines.append(f"- {method}: lr {record.params['train.lr']:g}: {metric} "
-                     f"{format_ci(row['scores'].domain, row['scores'].domain_ci)}, MCQ gen {_fmt(row['mcq_gen'])}, "
-                     f"MCQ ll {_fmt(row['mcq_ll'])}, IFEval {_fmt(row['ifeval_inst_strict'])} "
-                     f"({format_ci(row['ifeval_change'], change, signed=True)}), drift KL {_fmt(row['drift_kl'])}")
+                     f"{format_ci(row['scores'].domain, row['scores'].domain_ci)}, MCQ gen {num(row['mcq_gen'])}, "
+                     f"MCQ ll {num(row['mcq_ll'])}, IFEval {num(row['ifeval_inst_strict'])} "
+                     f"({format_ci(row['ifeval_change'], change, signed=True)}), drift KL {num(row['drift_kl'])}")
     points = [r["frontier"] for r in rows[1:] if r.get("frontier") is not None]
     lines += ["", format_budget_markdown(best_at_budgets(points, BUDGETS), domain_metric=metric,
                                          skill="IFEval inst_strict").rstrip("\n"),

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from disc_ray.evaluation.selection import RunScores
-from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, compare, format_ci
+from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, compare
+from disc_ray.reporting import draw_error_bars, format_ci, new_figure, save_figure
 
 BUDGETS = (2.0, 5.0)
 """Retention budgets (points of the retained skill a run may lose) the reproduction reports."""
@@ -122,14 +123,7 @@ def plot_frontiers(points: Sequence[FrontierPoint], original: RunScores, path: s
                    skill_label: str = "retained skill") -> Path:
     """Each method's frontier: domain score (y) vs retention (x), its runs joined in order of retention, error
     bars the 95% intervals (x: paired), the original as a star, the budgets as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from disc_ray.evaluation.report import draw_error_bars
-
-    fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=120)
+    fig, ax = new_figure(figsize=(6.8, 5.0))
     for method in dict.fromkeys(p.method for p in points):
         own = sorted((p for p in points if p.method == method and p.retention is not None and p.scores.domain is not None),
                      key=lambda p: p.retention)
@@ -149,11 +143,4 @@ def plot_frontiers(points: Sequence[FrontierPoint], original: RunScores, path: s
                     color="tab:red")
     ax.set_xlabel(f"{skill_label}: change vs original (points; paired 95% interval)")
     ax.set_ylabel(domain_label)
-    ax.set_title("Each method's frontier over its learning rates (error bars: 95% intervals)", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, "Each method's frontier over its learning rates (error bars: 95% intervals)")

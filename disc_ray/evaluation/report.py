@@ -22,7 +22,8 @@ from typing import Sequence
 
 from disc_ray.evaluation.config import EvalConfig, EvalInputError
 from disc_ray.evaluation.selection import RunScores, Selection, describe_lead, run_scores, select_best
-from disc_ray.evaluation.stats import BootstrapConfig, compare, format_ci
+from disc_ray.evaluation.stats import BootstrapConfig, compare
+from disc_ray.reporting import draw_error_bars, format_ci, format_number, markdown_table, new_figure, save_figure
 
 
 def find_eval_json(run_dir: str | Path) -> Path:
@@ -93,8 +94,7 @@ def format_report_markdown(report: dict) -> str:
     header += [f"{s} (change [paired CI])" for s in skills] + ["drift KL", "drift NLL"]
     if selection:
         header += ["eligible", "note"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    rows = []
 
     def change_cell(comparison: dict | None, sign: float = 1.0) -> str:
         if comparison is None:
@@ -105,7 +105,7 @@ def format_report_markdown(report: dict) -> str:
     if baseline:
         row = [f"*{baseline.name}*", format_ci(baseline.domain, baseline.domain_ci)] + (["0"] if report["domain_change"] else [])
         row += [format_ci(baseline.skills.get(s), baseline.skill_cis.get(s)) for s in skills]
-        lines.append("| " + " | ".join(row + ["0", "-"] + (["(baseline)", ""] if selection else [])) + " |")
+        rows.append(row + ["0", "-"] + (["(baseline)", ""] if selection else []))
     for run in runs:
         drift = report["drift"].get(run.name, {})
         cells = [f"**{run.name}** (selected)" if selection and selection.best == run.name else run.name,
@@ -118,14 +118,15 @@ def format_report_markdown(report: dict) -> str:
             paired = change_cell(verdict.drop_cis.get(skill), sign=-1.0) if verdict else ""
             change = paired or (f"{-drop:+.2f}" if drop is not None else "")
             cells.append(format_ci(run.skills.get(skill), run.skill_cis.get(skill)) + (f" ({change})" if change else ""))
-        cells += [fmt(drift.get("kl"), 4), fmt(drift.get("nll"), 4)]
+        cells += [format_number(drift.get("kl"), 4), format_number(drift.get("nll"), 4)]
         if selection:
             verdict = selection.verdict(run.name)
             cells += ["yes" if verdict.eligible else "no", verdict.reason]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     boot = report["bootstrap"]
-    lines += ["", f"Intervals: {100 * boot.confidence:g}% bootstrap over items ({boot.n_resamples} resamples, seed {boot.seed}); "
-              "changes are paired (the same items of both runs resampled jointly); `*`: the interval excludes 0."]
+    lines = [markdown_table(header, rows), "",
+             f"Intervals: {100 * boot.confidence:g}% bootstrap over items ({boot.n_resamples} resamples, seed {boot.seed}); "
+             "changes are paired (the same items of both runs resampled jointly); `*`: the interval excludes 0."]
     if selection:
         lines += ["", f"Selection rule: best domain score with at most {report['max_drop']:g} points drop on each retained skill "
                   f"-> **{selection.best or 'no run qualifies'}**."]
@@ -137,11 +138,6 @@ def format_report_markdown(report: dict) -> str:
 def plot_tradeoff(report: dict, path: str | Path) -> Path:
     """Domain score (y) vs retained skill (x). One skill: its score, threshold at baseline - D. Several
     skills: the worst change vs the baseline (points), threshold at -D."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs, baseline, selection = report["runs"], report["baseline"], report["selection"]
     skills, max_drop = report["skill_names"], report["max_drop"]
     single = len(skills) == 1 or baseline is None
@@ -163,7 +159,7 @@ def plot_tradeoff(report: dict, path: str | Path) -> Path:
         paired = verdict.drop_cis.get(worst) if worst else None
         return None if paired is None else (-paired["ci"][1], -paired["ci"][0])
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = new_figure()
     for run in runs:
         x, y = x_of(run), run.domain
         if x is None or y is None:
@@ -173,35 +169,18 @@ def plot_tradeoff(report: dict, path: str | Path) -> Path:
         ax.scatter([x], [y], s=60 if chosen else 36, c="tab:green" if chosen else "tab:blue", zorder=3,
                    edgecolors="black" if chosen else "none")
         ax.annotate(run.name + (" (selected)" if chosen else ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if baseline is not None and x_of(baseline) is not None and baseline.domain is not None:
+    baseline_drawn = baseline is not None and x_of(baseline) is not None and baseline.domain is not None
+    if baseline_drawn:
         bx = x_of(baseline)
         draw_error_bars(ax, bx, baseline.domain, x_interval(baseline), baseline.domain_ci, colour="tab:red")
         ax.scatter([bx], [baseline.domain], marker="*", s=220, c="tab:red", zorder=4, label=baseline.name)
         ax.axvline(bx - max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"skill drop = {max_drop:g} points")
-        ax.legend(loc="best", fontsize=8)
     skill_label = skills[0] if single and skills else "worst retained-skill change vs baseline"
     ax.set_xlabel(f"{skill_label} (points)")
     domain_metric = next((r.domain_metric for r in runs if r.domain_metric), "domain score")
     ax.set_ylabel(f"{domain_metric} (points)")
-    ax.set_title("Domain knowledge vs retained skill (error bars: 95% intervals)")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def draw_error_bars(ax, x: float, y: float, x_ci, y_ci, *, colour: str) -> None:
-    """95% intervals as error bars around ``(x, y)`` (either may be None); shared by the report and sweep plots."""
-    def err(centre, ci):
-        return None if ci is None else [[max(centre - ci[0], 0.0)], [max(ci[1] - centre, 0.0)]]
-
-    if x_ci is None and y_ci is None:
-        return
-    ax.errorbar([x], [y], xerr=err(x, x_ci), yerr=err(y, y_ci), fmt="none", ecolor=colour, elinewidth=1, capsize=3,
-                alpha=0.6, zorder=2)
+    return save_figure(fig, ax, path, "Domain knowledge vs retained skill (error bars: 95% intervals)",
+                       legend=baseline_drawn)
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, max_drop: float | None = None) -> dict:

@@ -27,8 +27,9 @@ from pathlib import Path
 from disc_ray.evaluation.config import LM_EVAL_PREFIX, BackendUnavailableError, EvalConfig, EvalInputError
 from disc_ray.evaluation.data import check_tokenizer_files
 from disc_ray.evaluation.selection import judge, run_scores
-from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites, format_ci
+from disc_ray.evaluation.stats import MIN_ITEMS_FOR_CLAIM, attach_intervals, compare_suites
 from disc_ray.evaluation.suite import SuiteResult
+from disc_ray.reporting import format_ci
 
 GENERATION_SUITES = ("domain_mcq", "domain_qa", "ifeval")
 _NOT_SCORES = {"n", "n_instructions", "tokens", "max_new_tokens", "n_samples", "temperature", "version"}

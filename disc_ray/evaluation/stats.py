@@ -256,14 +256,3 @@ def compare_suites(suites: Mapping, baseline_suites: Mapping, settings: Bootstra
             if result is not None:
                 out.setdefault(suite, {})[name] = result
     return out
-
-
-def format_ci(value: float | None, ci: Sequence[float] | None, digits: int = 2, signed: bool = False) -> str:
-    """``"41.20 [36.10, 46.30]"`` (``"+2.10 [-0.50, +4.60]"`` when signed); ``-`` for no value."""
-    if value is None:
-        return "-"
-    spec = f"{'+' if signed else ''}.{digits}f"
-    text = format(value, spec)
-    if ci is not None and len(ci) == 2 and ci[0] is not None:
-        text += f" [{format(ci[0], spec)}, {format(ci[1], spec)}]"
-    return text

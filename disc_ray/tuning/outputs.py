@@ -17,7 +17,6 @@ trial's lead over the runner-up is outside its paired interval (:mod:`disc_ray.e
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Sequence
@@ -26,18 +25,8 @@ import yaml
 
 from disc_ray.config import to_dict
 from disc_ray.evaluation.selection import RunScores, describe_lead
-from disc_ray.evaluation.stats import format_ci
+from disc_ray.reporting import draw_error_bars, format_ci, format_number, markdown_table, new_figure, save_figure, write_csv
 from disc_ray.tuning.selection import SweepSelection, TrialRecord
-
-
-def _fmt(value, digits: int = 2) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
-    return str(value)
 
 
 def table_rows(records: Sequence[TrialRecord], keys: Sequence[str], skills: Sequence[str]) -> list[dict]:
@@ -59,30 +48,17 @@ def table_rows(records: Sequence[TrialRecord], keys: Sequence[str], skills: Sequ
     return rows
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    columns = list(rows[0]) if rows else ["trial_id"]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return path
-
-
 def format_markdown(selection: SweepSelection, baseline: RunScores, keys: Sequence[str], skills: Sequence[str],
                     sweep_name: str) -> str:
     header = ["trial", *keys, "status", "domain"] + [f"{s} (change)" for s in skills] + [
         "drift KL", "drift NLL", "steps", "score", "eligible", "Pareto", "note"]
-    lines = [f"# Sweep `{sweep_name}`", "",
-             f"Rule: {selection.description}. Scores in points (0-100) with 95% bootstrap intervals over items, "
-             "changes vs the original model with PAIRED intervals (`*`: the interval excludes 0), drift in nats/token.",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     original = ["*original*", *["" for _ in keys], "", format_ci(baseline.domain, baseline.domain_ci)] + [
         format_ci(baseline.skills.get(s), baseline.skill_cis.get(s)) for s in skills] + ["0", "-", "0", "", "", "", "baseline"]
-    lines.append("| " + " | ".join(original) + " |")
+    rows = [original]
     for r in selection.records:
         name = f"**{r.trial_id}** (selected)" if r.selected else r.trial_id
-        cells = [name, *[_fmt(r.params.get(k), 3) for k in keys], r.status, format_ci(r.domain, r.domain_ci)]
+        cells = [name, *[format_number(r.params.get(k), 3, small="significant") for k in keys], r.status,
+                 format_ci(r.domain, r.domain_ci)]
         for skill in skills:
             change = 0.0 - r.drops[skill] if skill in r.drops else None
             paired = r.drop_cis.get(skill)
@@ -91,10 +67,14 @@ def format_markdown(selection: SweepSelection, baseline: RunScores, keys: Sequen
             else:
                 text = format_ci(None if change is None else change + 0.0, None, signed=True) if change is not None else ""
             cells.append(format_ci(r.skills.get(skill), r.skill_cis.get(skill)) + (f" ({text})" if text else ""))
-        cells += [_fmt(r.drift_kl, 4), _fmt(r.drift_nll, 4), _fmt(r.steps), _fmt(r.score), _fmt(r.eligible),
+        cells += [format_number(r.drift_kl, 4, small="significant"), format_number(r.drift_nll, 4, small="significant"),
+                  format_number(r.steps), format_number(r.score, small="significant"), format_number(r.eligible),
                   "yes" if r.pareto else "", r.reason.replace("|", "/")]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Selected: **{selection.best or 'no trial qualifies'}**."]
+        rows.append(cells)
+    lines = [f"# Sweep `{sweep_name}`", "",
+             f"Rule: {selection.description}. Scores in points (0-100) with 95% bootstrap intervals over items, "
+             "changes vs the original model with PAIRED intervals (`*`: the interval excludes 0), drift in nats/token.",
+             "", markdown_table(header, rows), "", f"Selected: **{selection.best or 'no trial qualifies'}**."]
     if selection.best:
         lines.append(describe_lead(selection.lead))
     front = [r.trial_id for r in selection.records if r.pareto]
@@ -103,24 +83,18 @@ def format_markdown(selection: SweepSelection, baseline: RunScores, keys: Sequen
 
 
 def write_selected_config(cfg, trial: TrialRecord, path: Path, rule: str) -> Path:
-    header = (f"# Selected by the sweep ({rule}): trial {trial.trial_id}, domain score {_fmt(trial.domain)}, "
-              f"drift KL {_fmt(trial.drift_kl, 4)}.\n# Train it again with: python jobs/adapt.py --config {path.name}\n")
+    header = (f"# Selected by the sweep ({rule}): trial {trial.trial_id}, domain score "
+              f"{format_number(trial.domain, small='significant')}, "
+              f"drift KL {format_number(trial.drift_kl, 4, small='significant')}.\n# Train it again with: python jobs/adapt.py --config {path.name}\n")
     path.write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
 
 
 def plot_pareto(selection: SweepSelection, baseline: RunScores, path: Path, *, max_drop: float, retention_label: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    fig, ax = new_figure()
     evaluated = [r for r in selection.records if r.retention is not None and r.domain is not None]
     others = [r for r in evaluated if not r.pareto]
     front = sorted((r for r in evaluated if r.pareto), key=lambda r: r.retention)
-    from disc_ray.evaluation.report import draw_error_bars
-
     for r in evaluated:
         draw_error_bars(ax, r.retention, r.domain, retention_interval(r), r.domain_ci,
                         colour="tab:blue" if r.pareto else "tab:gray")
@@ -142,14 +116,8 @@ def plot_pareto(selection: SweepSelection, baseline: RunScores, path: Path, *, m
     stopped = len([r for r in selection.records if r.status != "completed"])
     ax.set_xlabel(retention_label)
     ax.set_ylabel(f"domain score: {next((r.domain_metric for r in evaluated if r.domain_metric), 'domain')} (points)")
-    ax.set_title("Sweep: domain knowledge vs retention" + (f" ({stopped} trial(s) not evaluated)" if stopped else ""),
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, "Sweep: domain knowledge vs retention"
+                       + (f" ({stopped} trial(s) not evaluated)" if stopped else ""))
 
 
 def retention_interval(record: TrialRecord) -> tuple[float, float] | None:
@@ -166,7 +134,7 @@ def write_outputs(sweep_dir: Path, selection: SweepSelection, baseline: RunScore
     """Write every output file; returns their paths."""
     skills = list(baseline.skills)
     rows = table_rows(selection.records, keys, skills)
-    paths = {"csv": write_csv(rows, sweep_dir / "trials.csv"), "markdown": sweep_dir / "trials.md"}
+    paths = {"csv": write_csv(sweep_dir / "trials.csv", rows, list(rows[0]) if rows else ["trial_id"]), "markdown": sweep_dir / "trials.md"}
     paths["markdown"].write_text(format_markdown(selection, baseline, keys, skills, sweep_name))
     label = ("worst retained-metric change vs original (points)" if skills else "retention: -drift KL (nats/token)")
     paths["plot"] = plot_pareto(selection, baseline, sweep_dir / "pareto.png", max_drop=max_drop, retention_label=label)
