@@ -43,8 +43,9 @@ def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
 
 
 def read_jsonl(path: str | Path, what: str = "JSON Lines file", error=RecordFileError,
-               allow_empty: bool = False) -> list[tuple[int, dict]]:
-    """``(line_number, record)`` for every non-blank line of a JSON Lines file (objects only).
+               allow_empty: bool = False, limit: int | None = None) -> list[tuple[int, dict]]:
+    """``(line_number, record)`` for every non-blank line of a JSON Lines file (objects only); with ``limit``,
+    for the first ``limit`` records only (the rest of the file is not read).
 
     Raises ``error`` (default RecordFileError) with one line ``path:line: ...`` for a missing file,
     invalid UTF-8, bad JSON or a line that is not an object, and (unless ``allow_empty``) for a file
@@ -55,6 +56,8 @@ def read_jsonl(path: str | Path, what: str = "JSON Lines file", error=RecordFile
         raise error(f"{what} not found: {path}")
     rows = []
     for number, raw in iter_jsonl_lines(path):
+        if limit is not None and len(rows) >= limit:
+            break
         if not raw.strip():
             continue
         try:

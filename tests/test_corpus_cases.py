@@ -4,6 +4,8 @@ readers (no Ray), through ``disc-ray data inspect`` (Ray) and through the evalua
 from __future__ import annotations
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -109,6 +111,28 @@ def test_evaluation_loader_reads_line_separators():
     assert [item.correct_index for item in items] == [0, 0] and len(items[0].options) == 4
 
 
+def _inspect(capsys, *args) -> str:
+    from disc_ray.cli import main
+
+    assert main(["data", "inspect", *map(str, args), "--samples", "1"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.core
+def test_inspect_of_a_small_corpus_runs_in_process_and_keeps_processed_rows(capsys, tmp_path):
+    """A corpus under the size threshold is inspected without starting Ray (a core test that started Ray fails);
+    inspecting the processed rows it kept reads them back and leaves them in place."""
+    from disc_ray.data.inspect import IN_PROCESS_MAX_BYTES
+
+    assert (CORPUS / "dictionary_text.parquet").stat().st_size < IN_PROCESS_MAX_BYTES
+    ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # not in this file's order (tests below)
+    printed = _inspect(capsys, CORPUS / "dictionary_text.parquet", "--data.output_dir", tmp_path / "out")
+    assert "read 3 records, kept 2 documents, dropped 1" in printed and "duplicate 1" in printed and "split [" in printed
+    assert ray_was_up or "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    again = _inspect(capsys, tmp_path / "out")
+    assert "kept 2 documents, dropped 1" in again and (tmp_path / "out" / "status=kept").is_dir()
+
+
 # --------------------------------------------------------------------------- disc-ray data inspect (Ray)
 
 
@@ -126,21 +150,21 @@ def ray_session():
     ray.shutdown()
 
 
-def _inspect(capsys, *args) -> str:
-    from disc_ray.cli import main
-
-    assert main(["data", "inspect", *map(str, args), "--samples", "1"]) == 0
-    return capsys.readouterr().out
+def _without_seconds(printed: str) -> str:
+    return re.sub(r"\(\d+\.\d+ s\)", "(s)", printed)
 
 
 @pytest.mark.ray
-def test_inspect_reads_the_case_files(ray_session, capsys):
-    printed = _inspect(capsys, CORPUS / "records_array.json")
-    assert "read 2 records, kept 2 documents, dropped 0" in printed
-    printed = _inspect(capsys, CORPUS / "dictionary_text.parquet")
-    assert "read 3 records, kept 2 documents, dropped 1" in printed and "duplicate 1" in printed
-    printed = _inspect(capsys, EVAL / "mcq_line_separators.jsonl", "--data.text_field", "question", "--split.strategy", "token_random")
-    assert "read 2 records, kept 2 documents, dropped 0" in printed
+def test_inspect_reads_the_case_files_on_ray_as_in_process(ray_session, capsys):
+    """On Ray (``--ray``) and in process (``--no-ray``) the same counts, rejects, splits and samples are printed."""
+    cases = [(CORPUS / "records_array.json",), (CORPUS / "dictionary_text.parquet",),
+             (EVAL / "mcq_line_separators.jsonl", "--data.text_field", "question", "--split.strategy", "token_random")]
+    printed = [_inspect(capsys, *case, "--ray") for case in cases]
+    assert "read 2 records, kept 2 documents, dropped 0" in printed[0]
+    assert "read 3 records, kept 2 documents, dropped 1" in printed[1] and "duplicate 1" in printed[1]
+    assert "read 2 records, kept 2 documents, dropped 0" in printed[2]
+    assert all("split [" in text for text in printed)
+    assert [_without_seconds(_inspect(capsys, *case, "--no-ray")) for case in cases] == list(map(_without_seconds, printed))
 
 
 @pytest.mark.ray
@@ -148,7 +172,7 @@ def test_lowercase_special_token_text_and_fallback_through_the_pipeline(ray_sess
     """The case files train: lowercase text has its four sentences, special-token strings stay text (identical
     rows in the core and the pipeline, no control ids), a document without any boundary falls back to token
     windows; the report counts the last two."""
-    from disc_ray.data import build_training_dataset, clean_text
+    from disc_ray.data import build_training_dataset, clean_text, process_corpus
     from disc_ray.records import load_jsonl
     from disc_ray.splits import SplitConfig, prepare_document
 
@@ -160,6 +184,12 @@ def test_lowercase_special_token_text_and_fallback_through_the_pipeline(ray_sess
     split_cfg = SplitConfig(num_splits=3, seed=1)
     dataset, report = build_training_dataset(DataConfig(path=str(corpus), output_dir=str(tmp_path / "out")), split_cfg)
     assert report.records_read == 4 and report.documents_kept == 4 and report.dropped == {}
+    local = process_corpus(DataConfig(path=str(corpus), output_dir=str(tmp_path / "local")), split_cfg, in_process=True)
+    differs = ("seconds", "output_dir", "rejects_path")
+    assert {k: v for k, v in local.to_dict().items() if k not in differs} == {k: v for k, v in report.to_dict().items() if k not in differs}
+    local_rows = pq.read_table(tmp_path / "local" / "status=kept").to_pylist()
+    assert sorted((r["row"], r["input_ids"], r["split_starts"], r["split_ends"]) for r in local_rows) == sorted(
+        (r["row"], list(r["input_ids"]), list(r["split_starts"]), list(r["split_ends"])) for r in dataset.take_all())
     assert report.special_token_text == 1 and report.token_window_fallback == 1
     assert "1 documents hold special-token text" in report.format()
     rows = {row["row"]: row for row in dataset.take_all()}

@@ -63,6 +63,7 @@ from disc_ray.data.inspect import add_cli, format_samples, inspect_corpus, run_i
 from disc_ray.data.pipeline import (
     build_training_dataset,
     load_processed_dataset,
+    process_corpus,
     read_corpus,
     rows_to_examples,
     split_equal_shards,
@@ -76,6 +77,6 @@ __all__ = [
     "POLICY_REASONS", "READ_SCHEMA", "REJECTED_DIR", "REJECTS_FILE", "REPORT_FILE", "TRAIN_COLUMNS", "CorpusPlan",
     "DataConfig", "DataError", "DataReport", "_plan_read_units", "add_cli", "build_training_dataset", "clean_block",
     "clean_text", "document_hash", "drop_duplicates", "format_samples", "inspect_corpus", "load_processed_dataset",
-    "plan_corpus", "prepare_block", "prepare_documents", "read_corpus", "read_units", "rows_to_examples", "run_inspect",
+    "plan_corpus", "prepare_block", "process_corpus", "prepare_documents", "read_corpus", "read_units", "rows_to_examples", "run_inspect",
     "split_equal_shards",
 ]

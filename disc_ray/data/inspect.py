@@ -1,12 +1,17 @@
-"""``disc-ray data inspect``: process a corpus, print counts, the first rejects and sample splits."""
+"""``disc-ray data inspect``: process a corpus, print counts, the first rejects and sample splits.
+
+Small corpora (files of at most :data:`IN_PROCESS_MAX_BYTES` in all) are processed in this process, without
+starting Ray: the pipeline's own batch functions applied block by block (:func:`disc_ray.data.process_corpus`),
+so the counts, rejects and rows are those a Ray run gives, without a cluster's start-up (tens of seconds to
+minutes on a busy machine). Larger corpora, ``--ray-address`` / ``$RAY_ADDRESS`` and ``--ray`` use Ray Data;
+``--no-ray`` forces the in-process path (the rows are held in memory until written).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import heapq
-import itertools
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,9 +20,14 @@ import pyarrow.parquet as pq
 
 from disc_ray.data.config import KEPT_DIR, DataConfig, DataError, DataReport
 from disc_ray.data.dedupe import _parquet_files
-from disc_ray.data.pipeline import _resolve_tokenizer, build_training_dataset
-from disc_ray.data.sources import plan_corpus
+from disc_ray.data.pipeline import _resolve_tokenizer, process_corpus
+from disc_ray.data.sources import CorpusPlan, plan_corpus
+from disc_ray.records import read_jsonl
 from disc_ray.splits import SplitConfig
+
+IN_PROCESS_MAX_BYTES = 4 * 2**20
+"""Corpora up to this many bytes on disk (all files together; compressed size for ``.gz``) are inspected in
+process: on 2 CPU cores that is faster than starting Ray's workers up to roughly this size."""
 
 
 def _sample_rows(out: Path, count: int) -> list[dict]:
@@ -53,11 +63,12 @@ def format_samples(rows: list[dict], tokenizer, max_splits: int = 3, context_cha
 
 
 def inspect_corpus(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bool = True, samples: int = 3,
-                   show_paths: bool = True) -> tuple[DataReport, str]:
-    """Process the corpus; return the report and a text with the report, the first rejects and ``samples`` sample splits."""
+                   show_paths: bool = True, in_process: bool = False) -> tuple[DataReport, str]:
+    """Process the corpus (on Ray, or ``in_process``); return the report and a text with the report, the first
+    rejects and ``samples`` sample splits. Raises DataError as :func:`disc_ray.data.process_corpus` does."""
     from disc_ray.models import load_tokenizer
 
-    _, report = build_training_dataset(data_cfg, split_cfg, with_splits)
+    report = process_corpus(data_cfg, split_cfg, with_splits, in_process=in_process)
     text = report.format(paths=show_paths)
     rejects = _first_rejects(Path(report.rejects_path), samples)
     if rejects:
@@ -71,12 +82,22 @@ def inspect_corpus(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bo
 def _first_rejects(path: Path, count: int) -> list[str]:
     lines = []
     if count and path.is_file():
-        with path.open() as rejects:
-            for line in itertools.islice(rejects, count):
-                record = json.loads(line)
-                where = f"{record['path']}:{record['line']}" if record["line"] else f"{record['path']} row {record['row']}"
-                lines.append(f"  {where}: {record['reason']}: {record['detail']}")
+        for _, record in read_jsonl(path, "rejects file", DataError, allow_empty=True, limit=count):
+            where = f"{record['path']}:{record['line']}" if record["line"] else f"{record['path']} row {record['row']}"
+            lines.append(f"  {where}: {record['reason']}: {record['detail']}")
     return lines
+
+
+def runs_in_process(plan: CorpusPlan, use_ray: bool | None, ray_address: str | None) -> bool:
+    """``use_ray`` (``--ray`` True / ``--no-ray`` False) decides when given; else a cluster address means Ray,
+    processed rows need no processing (in process), and a corpus of at most :data:`IN_PROCESS_MAX_BYTES` runs in process."""
+    if use_ray is not None:
+        return not use_ray
+    if ray_address:
+        return False
+    if plan.format == "processed":
+        return True
+    return sum(os.path.getsize(path) for path in plan.files) <= IN_PROCESS_MAX_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +126,12 @@ def add_cli(subparsers) -> None:
                                           "its other sections are ignored)")
     inspect.add_argument("--samples", type=int, default=3, help="sample examples to print")
     inspect.add_argument("--no-splits", action="store_true", help="rows for ft / ft_kl (no split sampling)")
+    where = inspect.add_mutually_exclusive_group()
+    where.add_argument("--ray", dest="use_ray", action="store_const", const=True, default=None,
+                       help="process on Ray Data even a small corpus (default: Ray above "
+                            f"{IN_PROCESS_MAX_BYTES // 2**20} MiB of files or with a cluster address, else in process)")
+    where.add_argument("--no-ray", dest="use_ray", action="store_const", const=False,
+                       help="process in this process, without Ray, whatever the size (rows held in memory)")
     inspect.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray instance (default: all)")
     inspect.add_argument("--ray-address", default=None, help="cluster to run on (default: $RAY_ADDRESS or a local instance)")
     inspect.set_defaults(run=run_inspect, accepts_overrides=True)
@@ -123,8 +150,6 @@ def load_inspect_config(corpus: str, config_path: str | None, overrides: list[st
 def run_inspect(args, rest) -> int:
     import sys
 
-    import ray
-
     from disc_ray.config import ConfigError
 
     try:
@@ -135,25 +160,34 @@ def run_inspect(args, rest) -> int:
     data_cfg, split_cfg = cfg.data, cfg.split
     keep = data_cfg.output_dir is not None
     try:
-        plan_corpus(data_cfg)  # a missing path or a bad schema fails here, before Ray starts
+        plan = plan_corpus(data_cfg)  # a missing path or a bad schema fails here, before Ray starts
     except DataError as err:
         print(f"disc-ray data inspect: error: {err.message}", file=sys.stderr)
         return 2
-    if not ray.is_initialized():
-        address = args.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR",
-                 **({} if address else {"num_cpus": args.num_cpus}))
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    in_process = runs_in_process(plan, args.use_ray, address)
+    if not in_process:
+        _start_ray(address, args.num_cpus)
     try:
-        report, text = inspect_corpus(data_cfg, split_cfg, with_splits=not args.no_splits, samples=args.samples, show_paths=keep)
+        report, text = inspect_corpus(data_cfg, split_cfg, with_splits=not args.no_splits, samples=args.samples, show_paths=keep,
+                                      in_process=in_process)
     except DataError as err:
         print(f"disc-ray data inspect: error: {err.message}", file=sys.stderr)
         return 2
     print(text)
     if keep:
         print(f"processed rows: {Path(report.output_dir) / KEPT_DIR} (reuse with data.path={report.output_dir})")
-    else:
+    elif plan.format != "processed":  # never the user's processed rows, only the temporary folder made here
         shutil.rmtree(report.output_dir, ignore_errors=True)  # the rejects file stays if data.rejects_path put it elsewhere
     return 0
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR",
+                 **({} if address else {"num_cpus": num_cpus}))
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False

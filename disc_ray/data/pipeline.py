@@ -66,15 +66,43 @@ def read_corpus(cfg: DataConfig, plan: CorpusPlan | None = None) -> ray.data.Dat
     # The stages fuse into one operator, so Ray Data's per-operator CPU reservation (half the CPUs) only holds
     # the other tasks back while the first runs alone (~1 s of a 2-CPU run). The context is this dataset's copy.
     dataset.context.op_resource_reservation_enabled = False
-    return dataset.map_batches(
-        read_units, batch_size=1, fn_kwargs={"fmt": plan.format, "text_field": cfg.text_field, "batch_rows": cfg.batch_rows,
-                                             "strict": cfg.strict, "records_key": cfg.records_key}, **_map_args(cfg))
+    return dataset.map_batches(read_units, batch_size=1, fn_kwargs=_read_args(cfg, plan), **_map_args(cfg))
 
 
-def _cleaned(cfg: DataConfig, plan: CorpusPlan) -> ray.data.Dataset:
-    return read_corpus(cfg, plan).map_batches(clean_block, batch_size=None, fn_kwargs={
-        "normalize_unicode": cfg.normalize_unicode, "collapse_whitespace": cfg.collapse_whitespace, "min_chars": cfg.min_chars,
-        "max_chars": cfg.max_chars, "strict": cfg.strict, "line_based": plan.format in _LINE_FORMATS}, **_map_args(cfg))
+def _read_args(cfg: DataConfig, plan: CorpusPlan) -> dict:
+    return {"fmt": plan.format, "text_field": cfg.text_field, "batch_rows": cfg.batch_rows, "strict": cfg.strict,
+            "records_key": cfg.records_key}
+
+
+def _clean_args(cfg: DataConfig, plan: CorpusPlan) -> dict:
+    return {"normalize_unicode": cfg.normalize_unicode, "collapse_whitespace": cfg.collapse_whitespace,
+            "min_chars": cfg.min_chars, "max_chars": cfg.max_chars, "strict": cfg.strict,
+            "line_based": plan.format in _LINE_FORMATS}
+
+
+def _prepare_args(cfg: DataConfig, plan: CorpusPlan, split_cfg: SplitConfig, with_splits: bool, tokenizer_source: str) -> dict:
+    return {"tokenizer_source": tokenizer_source, "split": dataclasses.asdict(split_cfg), "max_length": cfg.max_length,
+            "with_splits": with_splits, "strict": cfg.strict, "line_based": plan.format in _LINE_FORMATS,
+            "threads": max(1, int(cfg.num_cpus_per_worker)), "batch_rows": cfg.batch_rows}
+
+
+def _write_rows_on_ray(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path) -> None:
+    """read -> clean -> prepare as Ray Data tasks (one fused stage), streamed to ``out/status=*/*.parquet``."""
+    rows = read_corpus(cfg, plan).map_batches(clean_block, batch_size=None, fn_kwargs=_clean_args(cfg, plan), **_map_args(cfg))
+    rows = rows.map_batches(prepare_block, batch_size=None, fn_kwargs=prepare_args, **_map_args(cfg))
+    _run_reporting_data_errors(rows.write_parquet, str(out), partition_cols=["status"])
+
+
+def _write_rows_in_process(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path) -> None:
+    """The same batch functions with the same arguments, applied here to each block in turn (one read unit per
+    file, as on a one-CPU cluster); the rows are held in memory until written, so only for small corpora."""
+    tables = []
+    for unit in _plan_read_units(plan, 1):
+        for block in read_units(pa.Table.from_pylist([unit]), **_read_args(cfg, plan)):
+            tables.append(prepare_block(clean_block(block, **_clean_args(cfg, plan)), **prepare_args))
+    rows = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+    if rows.num_rows:
+        pq.write_to_dataset(rows, str(out), partition_cols=["status"])
 
 
 _DATA_ERROR_LINE = re.compile(r"disc_ray\.data(?:\.\w+)?\.DataError: (.+)")
@@ -187,21 +215,57 @@ def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_spl
             "split": dataclasses.asdict(split_cfg) if with_splits else None}
 
 
-def load_processed_dataset(path: str, expect: dict | None = None) -> tuple[ray.data.Dataset, DataReport]:
-    """Rows written by a previous run (``disc-ray data inspect --data.output_dir DIR``); ``expect``: a fingerprint to match."""
-    out = Path(path).expanduser()
+def _processed_report(out: Path, expect: dict | None) -> DataReport:
+    """The report stored with processed rows (its ``output_dir``: where the rows are now); ``expect``: a
+    fingerprint to match (DataError otherwise)."""
     stored = json.loads((out / REPORT_FILE).read_text())
     if expect is not None and stored.get("fingerprint") != expect:
         differences = [k for k in expect if stored.get("fingerprint", {}).get(k) != expect[k]]
         raise DataError(f"data.path: processed rows in {out} were made with a different {', '.join(differences)}; "
                         "process the corpus again or match those settings")
+    return dataclasses.replace(DataReport.from_dict(stored["report"]), output_dir=str(out))
+
+
+def load_processed_dataset(path: str, expect: dict | None = None) -> tuple[ray.data.Dataset, DataReport]:
+    """Rows written by a previous run (``disc-ray data inspect --data.output_dir DIR``); ``expect``: a fingerprint to match."""
+    out = Path(path).expanduser()
+    report = _processed_report(out, expect)
     _ensure_ray()
-    return _read_kept_rows(out), DataReport.from_dict(stored["report"])
+    return _read_kept_rows(out), report
+
+
+def process_corpus(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *, tokenizer: str | None = None,
+                   in_process: bool = False) -> DataReport:
+    """Run the whole pipeline once (read -> clean -> prepare -> write, then dedupe and counts) and return its
+    report; the rows are in ``<report.output_dir>/status=kept``. ``in_process``: apply the pipeline's batch
+    functions in this process instead of as Ray Data tasks (no Ray cluster; same rows and counts; the rows are
+    held in memory, so for small corpora: ``disc-ray data inspect`` decides). A ``data.path`` of processed rows
+    returns their stored report (raises DataError when they were made with other settings). ``tokenizer``,
+    ``data_cfg``: as in :func:`build_training_dataset`."""
+    data_cfg = _as_data_config(data_cfg, tokenizer)
+    started = time.perf_counter()
+    plan = plan_corpus(data_cfg)
+    tokenizer_source = _resolve_tokenizer(data_cfg.tokenizer)
+    fingerprint = _pipeline_fingerprint(data_cfg, split_cfg, with_splits, tokenizer_source)
+    if plan.format == "processed":
+        return _processed_report(Path(plan.path), fingerprint)
+    out = _prepare_output_dir(data_cfg)
+    rejects_path = Path(data_cfg.rejects_path).expanduser().resolve() if data_cfg.rejects_path else out / REJECTS_FILE
+    prepare_args = _prepare_args(data_cfg, plan, split_cfg, with_splits, tokenizer_source)
+    (_write_rows_in_process if in_process else _write_rows_on_ray)(data_cfg, plan, prepare_args, out)
+    if data_cfg.dedupe:
+        drop_duplicates(out, list(plan.files), plan.format in _LINE_FORMATS, tokenizer_source)
+    report = DataReport(path=str(data_cfg.path), corpus_format=plan.format, files=len(plan.files), output_dir=str(out), rejects_path=str(rejects_path))
+    _summarize(out, rejects_path, report, data_cfg.max_length)
+    report.seconds = round(time.perf_counter() - started, 2)
+    (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "fingerprint": fingerprint,
+                                               "data": dataclasses.asdict(data_cfg)}, indent=2))
+    return report
 
 
 def build_training_dataset(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *, tokenizer: str | None = None
                            ) -> tuple[ray.data.Dataset, DataReport]:
-    """Run the whole pipeline once (streaming) and return (training rows, report).
+    """Run the whole pipeline once on Ray (streaming, :func:`process_corpus`) and return (training rows, report).
 
     The rows (TRAIN_COLUMNS) are read back lazily from ``<output_dir>/status=kept``; give the dataset to
     ``TorchTrainer(datasets={"train": ...})`` and Ray Train's default DataConfig splits it equally
@@ -209,29 +273,9 @@ def build_training_dataset(data_cfg, split_cfg: SplitConfig, with_splits: bool =
     ``data_cfg.tokenizer`` (the trainer passes the resolved model directory). ``data_cfg`` may be any
     object with DataConfig's fields (missing ones take DataConfig's defaults).
     """
-    data_cfg = _as_data_config(data_cfg, tokenizer)
-    started = time.perf_counter()
-    plan = plan_corpus(data_cfg)
-    tokenizer_source = _resolve_tokenizer(data_cfg.tokenizer)
-    fingerprint = _pipeline_fingerprint(data_cfg, split_cfg, with_splits, tokenizer_source)
-    if plan.format == "processed":
-        return load_processed_dataset(plan.path, expect=fingerprint)
-    out = _prepare_output_dir(data_cfg)
-    rejects_path = Path(data_cfg.rejects_path).expanduser().resolve() if data_cfg.rejects_path else out / REJECTS_FILE
-    line_based = plan.format in _LINE_FORMATS
-    rows = _cleaned(data_cfg, plan).map_batches(prepare_block, batch_size=None, fn_kwargs={
-        "tokenizer_source": tokenizer_source, "split": dataclasses.asdict(split_cfg), "max_length": data_cfg.max_length,
-        "with_splits": with_splits, "strict": data_cfg.strict, "line_based": line_based,
-        "threads": max(1, int(data_cfg.num_cpus_per_worker)), "batch_rows": data_cfg.batch_rows}, **_map_args(data_cfg))
-    _run_reporting_data_errors(rows.write_parquet, str(out), partition_cols=["status"])
-    if data_cfg.dedupe:
-        drop_duplicates(out, list(plan.files), line_based, tokenizer_source)
-    report = DataReport(path=str(data_cfg.path), corpus_format=plan.format, files=len(plan.files), output_dir=str(out), rejects_path=str(rejects_path))
-    _summarize(out, rejects_path, report, data_cfg.max_length)
-    report.seconds = round(time.perf_counter() - started, 2)
-    (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "fingerprint": fingerprint,
-                                               "data": dataclasses.asdict(data_cfg)}, indent=2))
-    return _read_kept_rows(out), report
+    report = process_corpus(data_cfg, split_cfg, with_splits, tokenizer=tokenizer)
+    _ensure_ray()
+    return _read_kept_rows(Path(report.output_dir)), report
 
 
 def _as_data_config(cfg, tokenizer: str | None) -> DataConfig:
