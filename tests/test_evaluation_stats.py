@@ -259,7 +259,7 @@ def test_sweep_tables_carry_intervals_and_the_selected_trials_lead(tmp_path):
 
     from disc_ray.tuning.outputs import write_outputs
     from disc_ray.tuning.selection import TrialRecord, select_trials
-    from disc_ray.tuning.space import SelectionConfig
+    from disc_ray.tuning.sweep_config import SelectionConfig
 
     rng = np.random.default_rng(9)
     base = rng.uniform(10, 80, 80)

@@ -19,7 +19,8 @@ import yaml
 from disc_ray.config import AdaptConfig, ConfigError, load_config
 from disc_ray.evaluation.selection import RunScores
 from disc_ray.tuning.selection import TrialRecord, judge_trial, pareto_front, select_trials
-from disc_ray.tuning.space import SelectionConfig, load_sweep, parse_sweep
+from disc_ray.tuning.space import load_sweep, parse_sweep
+from disc_ray.tuning.sweep_config import SelectionConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = sorted((REPO / "tune" / "spaces").glob("*.yaml"))

@@ -3,7 +3,8 @@ steps), choosing by the knowledge/retention trade-off.
 
 Modules, one concept each:
 
-* :mod:`.space`: the sweep file; search-space validation against the config layer -> ``ray.tune`` domains;
+* :mod:`.sweep_config`: the sweep file's sections (sweep, base, resources, drift, selection, scheduler);
+* :mod:`.space`: the sweep file parsed: search-space validation against the config layer -> ``ray.tune`` domains;
 * :mod:`.trial`: the Tune function trainable (builds and fits a ``TorchTrainer``, drift during training,
   evaluation of the exported model against the original);
 * :mod:`.searchers`: the Optuna searcher adapter and the drift-budget stopper;
@@ -23,7 +24,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Sweep": "space", "load_sweep": "space", "parse_sweep": "space", "Dimension": "space", "SelectionConfig": "space",
+    "Sweep": "space", "load_sweep": "space", "parse_sweep": "space", "Dimension": "space", "SelectionConfig": "sweep_config",
     "run_trial": "trial", "TrialContext": "trial", "DriftReportCallback": "trial", "DriftMeter": "trial",
     "read_trial_log": "trial",
     "FinalScoreOptunaSearch": "searchers", "DriftBudgetStopper": "searchers", "DriftASHAScheduler": "searchers",

@@ -25,7 +25,7 @@ from typing import Mapping
 
 from disc_ray.evaluation.selection import RunScores, judge, lead_over
 from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, ItemValues
-from disc_ray.tuning.space import SelectionConfig
+from disc_ray.tuning.sweep_config import SelectionConfig
 
 DRIFT_UNIT = 0.01
 """nats/token: the paper rule's searcher score loses ``penalty_per_point`` per this much drift beyond the budget."""
