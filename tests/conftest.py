@@ -73,6 +73,39 @@ def assert_packed_loss_matches_reference(student, teacher, examples, cfg, *, los
         torch.testing.assert_close(packed_grads[name], reference_grads[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
+def assert_two_ranks_match_one_process(tmp_path, model_dir, tokenizer, texts, *, run_name: str, batch_size: int,
+                                       epochs: int, lr: float = 3e-3):
+    """Ray Train over 2 FSDP2 ranks (``batch_size`` documents each) and ``run_adaptation`` in one process
+    (``2 * batch_size`` documents) train ``texts`` from ``model_dir`` for ``epochs`` epochs of one step each
+    (every step sees every text): the per-step DiSC losses are equal (rtol 1e-4, atol 1e-7). Needs a Ray
+    cluster (``local_ray``). Returns (Ray Train result, the per-step losses, the one-process model after training)."""
+    import json
+
+    import ray
+
+    from disc_ray.config import AdaptConfig, TrainConfig, load_config
+    from disc_ray.loop import run_adaptation
+    from disc_ray.models import load_model_and_tokenizer
+    from disc_ray.splits import SplitConfig, example_to_row, prepare_document
+    from disc_ray.train import build_trainer
+
+    assert len(texts) == 2 * batch_size, "one step per epoch: 2 ranks x batch_size documents"
+    rows = [example_to_row(prepare_document(t, tokenizer, SplitConfig())[0]) for t in texts]
+    cfg = load_config(AdaptConfig, None, [f"--run.storage_path={tmp_path / 'runs'}", "--workers.num_workers=2",
+                                          f"--run.name={run_name}", f"--train.lr={lr}", f"--train.batch_size={batch_size}",
+                                          f"--train.epochs={epochs}"])
+    result = build_trainer(cfg, ray.data.from_items(rows), total_steps=epochs, model_source=str(model_dir)).fit()
+    assert result.error is None
+    metrics = (tmp_path / "runs" / run_name / "metrics.jsonl").read_text().splitlines()
+    distributed = [json.loads(line)["loss"] for line in metrics]
+    single, _ = load_model_and_tokenizer(str(model_dir))
+    local = run_adaptation(single, tokenizer, texts, train_cfg=TrainConfig(lr=lr, batch_size=2 * batch_size, epochs=epochs),
+                           log=lambda *_: None)
+    assert len(distributed) == epochs
+    torch.testing.assert_close(torch.tensor(distributed), torch.tensor([h["loss"] for h in local.history]), rtol=1e-4, atol=1e-7)
+    return result, distributed, single
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded default converted to safetensors (once per machine, ~30 s; cached afterwards)."""

@@ -11,16 +11,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-import ray
 import torch
-from conftest import assert_packed_loss_matches_reference
+from conftest import assert_packed_loss_matches_reference, assert_two_ranks_match_one_process
 
-from disc_ray.config import AdaptConfig, TrainConfig, load_config
-from disc_ray.loop import run_adaptation
 from disc_ray.model_check import ModelCheckError, check_model, check_model_source, packed_attention
 from disc_ray.models import load_model_and_tokenizer
 from disc_ray.objectives import ObjectiveConfig
-from disc_ray.splits import SplitConfig, example_to_row, prepare_document
+from disc_ray.splits import SplitConfig, prepare_document
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, max_position_embeddings=2048)
@@ -215,19 +212,5 @@ def test_adapt_job_refuses_an_unsupported_model_on_the_driver(tmp_path, tokenize
 @pytest.mark.ray
 @pytest.mark.parametrize("model_type", RAY_ARCHITECTURES)
 def test_two_fsdp_workers_equal_one_process(model_type, local_ray, tmp_path, tokenizer, bioasq_passages):
-    from disc_ray.train import build_trainer
-    from test_train import read_metrics
-
     folder = save_tiny(model_type, tmp_path / model_type, tokenizer)
-    texts = bioasq_passages[:2]
-    rows = [example_to_row(prepare_document(t, tokenizer, SplitConfig())[0]) for t in texts]
-    cfg = load_config(AdaptConfig, None, [f"--run.storage_path={tmp_path / 'runs'}", "--workers.num_workers=2",
-                                          "--run.name=arch", "--train.lr=3e-3", "--train.batch_size=1",
-                                          "--train.epochs=2"])
-    result = build_trainer(cfg, ray.data.from_items(rows), total_steps=2, model_source=str(folder)).fit()
-    assert result.error is None
-    distributed = [m["loss"] for m in read_metrics(tmp_path, "arch")]
-    single, _ = load_model_and_tokenizer(str(folder))
-    local = run_adaptation(single, tokenizer, texts, train_cfg=TrainConfig(lr=3e-3, batch_size=2, epochs=2), log=lambda *_: None)
-    assert len(distributed) == 2
-    torch.testing.assert_close(torch.tensor(distributed), torch.tensor([h["loss"] for h in local.history]), rtol=1e-4, atol=1e-7)
+    assert_two_ranks_match_one_process(tmp_path, folder, tokenizer, bioasq_passages[:2], run_name="arch", batch_size=1, epochs=2)

@@ -8,10 +8,11 @@ import psutil
 import pytest
 import ray
 import torch
+from conftest import assert_two_ranks_match_one_process
 from transformers import AutoModelForCausalLM
 
 from disc_ray.config import AdaptConfig, TrainConfig, load_config
-from disc_ray.loop import build_lr_scheduler, build_optimizer, run_adaptation
+from disc_ray.loop import build_lr_scheduler, build_optimizer
 from disc_ray.models import build_tiny_model
 from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch
 from disc_ray.splits import SplitConfig, example_to_row, prepare_document
@@ -37,17 +38,9 @@ def read_metrics(tmp_path, name):
 @pytest.mark.ray
 def test_two_fsdp_workers_match_one_process_and_export_reloads(local_ray, tmp_path, tiny_dir, tokenizer, bioasq_passages):
     texts = bioasq_passages[:4]
-    rows = [example_to_row(prepare_document(t, tokenizer, SplitConfig())[0]) for t in texts]
     # batch 2 per worker x 2 workers = all 4 documents every step, whatever rows Ray gives each rank
-    cfg = config(tmp_path, "--run.name=equiv", "--train.lr=3e-3", "--train.batch_size=2", "--train.epochs=3")
-    result = build_trainer(cfg, ray.data.from_items(rows), total_steps=3, model_source=str(tiny_dir)).fit()
-    assert result.error is None
-    distributed = [m["loss"] for m in read_metrics(tmp_path, "equiv")]
-
-    single, _ = build_tiny_model(str(tiny_dir))
-    local = run_adaptation(single, tokenizer, texts, train_cfg=TrainConfig(lr=3e-3, batch_size=4, epochs=3), log=lambda *_: None)
-    assert len(distributed) == 3
-    torch.testing.assert_close(torch.tensor(distributed), torch.tensor([h["loss"] for h in local.history]), rtol=1e-4, atol=1e-7)
+    result, distributed, single = assert_two_ranks_match_one_process(tmp_path, tiny_dir, tokenizer, texts, run_name="equiv",
+                                                                     batch_size=2, epochs=3)
     assert distributed[-1] < distributed[0]
 
     exported = AutoModelForCausalLM.from_pretrained(result.checkpoint.path)
