@@ -211,9 +211,18 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """YAML file (optional) + CLI overrides -> a validated ``cls`` instance."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, *,
+                sections: tuple[str, ...] | None = None, preset: dict[str, Any] | None = None) -> T:
+    """YAML file (optional) + CLI overrides -> a validated ``cls`` instance: the one loader every entry point uses.
+
+    ``sections``: read only these top-level sections of the file (a main-job config or a sweep file holds others
+    the command does not take); ``preset``: dotted values applied after the file and before the overrides (a
+    positional argument, e.g. ``{"data.path": corpus}``). Raises ConfigError (one line, naming the key)."""
     values = read_yaml_mapping(path) if path else {}
+    if sections is not None:
+        values = {key: value for key, value in values.items() if key in sections}
+    if preset:
+        values = apply_dotted(values, preset)
     return build_dataclass(cls, apply_dotted(values, parse_overrides(overrides or [])))
 
 

@@ -139,12 +139,9 @@ def add_cli(subparsers) -> None:
 
 def load_inspect_config(corpus: str, config_path: str | None, overrides: list[str]) -> InspectConfig:
     """``InspectConfig`` through the one config loader; only the ``data`` / ``split`` sections of a YAML file are read."""
-    from disc_ray.config import apply_dotted, build_dataclass, parse_overrides, read_yaml_mapping
+    from disc_ray.config import load_config
 
-    values = read_yaml_mapping(config_path) if config_path else {}
-    values = {k: v for k, v in values.items() if k in ("data", "split")}
-    values = apply_dotted(values, {"data.path": corpus})
-    return build_dataclass(InspectConfig, apply_dotted(values, parse_overrides(overrides)))
+    return load_config(InspectConfig, config_path, overrides, sections=("data", "split"), preset={"data.path": corpus})
 
 
 def run_inspect(args, rest) -> int:

@@ -363,11 +363,9 @@ def build_arg_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
 
 def load_eval_config(config_path: str | None, overrides: list[str]) -> EvalConfig:
     """``EvalConfig`` from a YAML file's ``evaluation`` section and ``--evaluation.key value`` overrides (one loader)."""
-    from disc_ray.config import apply_dotted, build_dataclass, parse_overrides, read_yaml_mapping
+    from disc_ray.config import load_config
 
-    values = read_yaml_mapping(config_path) if config_path else {}
-    values = {k: v for k, v in values.items() if k == "evaluation"}
-    return build_dataclass(EvaluateJobConfig, apply_dotted(values, parse_overrides(overrides))).evaluation
+    return load_config(EvaluateJobConfig, config_path, overrides, sections=("evaluation",)).evaluation
 
 
 def main(argv: list[str] | None = None, prog: str = "evaluate") -> int:

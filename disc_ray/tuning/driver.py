@@ -29,8 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from disc_ray.config import ConfigError, build_dataclass
-from disc_ray.config import apply_dotted
+from disc_ray.config import ConfigError, apply_dotted, build_dataclass, read_yaml_mapping
 from disc_ray.records import load_jsonl
 from disc_ray.tuning.space import Sweep, load_sweep
 
@@ -328,7 +327,7 @@ def check_resume(sweep: Sweep) -> None:
     stored_path = sweep.sweep_dir / SWEEP_FILE
     if not stored_path.exists():
         return
-    stored = yaml.safe_load(stored_path.read_text()) or {}
+    stored = read_yaml_mapping(stored_path, "stored sweep file")
     if _result_affecting(stored) != _result_affecting(sweep.raw):
         changed = [k for k in RESULT_AFFECTING if _result_affecting(stored).get(k) != _result_affecting(sweep.raw).get(k)]
         raise ConfigError(f"sweep '{sweep.settings.name}' in {sweep.sweep_dir} was started with different "
