@@ -332,3 +332,14 @@ def test_sweep_selects_the_known_trial_and_resumes_without_rerunning_finished_tr
 
     assert (model_dir.parent / "export" / "model.safetensors").exists() and not checkpoints(model_dir.parent)
     assert all(checkpoints(sweep_dir / "runs" / f"trial_{row['trial_id']}") for row in wrecked)
+
+
+def test_sweep_help_lists_every_sweep_file_key_with_its_default(capsys):
+    from disc_ray.tuning.driver import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "--selection.max_drop float (default 5.0)" in printed and "--sweep.name str (default 'disc-sweep')" in printed
+    assert "--drift.every_n_steps int | None (default None)" in printed and "--searcher str (default 'grid')" in printed

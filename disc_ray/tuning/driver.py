@@ -390,8 +390,12 @@ def run_sweep(sweep: Sweep, *, resume: bool | None = None, select_only: bool = F
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    from disc_ray.config import format_config_help
+    from disc_ray.tuning.sweep_config import _SweepFile
+
     parser = argparse.ArgumentParser(prog="sweep", description="Sweep DiSC / ft / ft_kl settings with Ray Tune and select "
-                                     "by the knowledge/retention trade-off. Any sweep-file key is an option: --sweep.name x.")
+                                     "by the knowledge/retention trade-off. Any sweep-file key is an option: --sweep.name x.",
+                                     epilog=format_config_help(_SweepFile), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="sweep file (see tune/spaces/)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="resume the sweep in <storage_path>/<name> (fails if none)")

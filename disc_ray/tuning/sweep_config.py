@@ -184,21 +184,26 @@ class SchedulerSpec:
 class _SweepFile:
     """The sweep file's top level, before ``space`` and ``evaluation`` are parsed."""
 
-    space: dict[str, Any]
-    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
-    base: SweepBaseConfig = dataclasses.field(default_factory=SweepBaseConfig)
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The search space: ``{config key: {grid | choice | uniform | loguniform | randint: ...}}`` (file only)."""
     searcher: str = "grid"
+    """``grid`` (every grid combination), ``random`` or ``optuna`` (sampled domains: choice, uniform, ...)."""
     num_samples: int = 1
     """grid: repeats of the whole grid; random / optuna: trials sampled."""
     max_concurrent_trials: str = "auto"
     """``auto``: as many trials as the cluster's resources hold at once; or a number."""
     seed: int = 0
     """Seeds the random and Optuna searchers."""
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Any EvalConfig key (``--evaluation.limit 100``; the list: ``jobs/evaluate.py --help``)."""
+    scheduler: SchedulerSpec | None = None
+    """Early stopping on drift: ``{asha: {metric, mode, grace_period, reduction_factor, max_t}}`` and / or
+    ``{drift_budget: {max, metric, after_step}}`` (see AshaConfig, DriftBudgetConfig)."""
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+    base: SweepBaseConfig = dataclasses.field(default_factory=SweepBaseConfig)
     resources: ResourceConfig = dataclasses.field(default_factory=ResourceConfig)
     drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
-    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)
-    scheduler: SchedulerSpec | None = None
 
     def __post_init__(self):
         if self.searcher not in SEARCHERS:
