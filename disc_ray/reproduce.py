@@ -18,16 +18,9 @@ multiple-choice questions and the synthetic documents' probes (``domain_mcq``, p
 ``restated``, ``single``), on an IFEval subset and on drift, against the original model. The experiment is a Ray
 Tune sweep: running the same command again resumes it (finished runs are kept, their ``eval.json`` reused; an
 interrupted run continues from its last checkpoint), so a long preset can run across sessions. On top of the
-sweep's own outputs it writes
-
-* ``results.md`` / ``results.csv``: method x LR (x seed) x metrics, the original model first;
-* ``tradeoff.png``: domain score vs IFEval change, one point per run, coloured by method;
-* ``retention_vs_lr.png``: IFEval vs learning rate, one line per method, the original and the allowed drop;
-* ``comparison.md``: per method, the run the paper's rule selects (best domain score with at most
-  ``max_drop`` points lost on IFEval) and what it scored; then the methods at MATCHED RETENTION: each
-  method's best domain score among its runs that lose at most 2 and at most 5 IFEval points, and the paired
-  95% interval of every difference between methods there (:mod:`disc_ray.evaluation.frontier`);
-* ``frontier.png``: each method's frontier, domain score vs IFEval change across its LR grid, with 95% intervals.
+sweep's own outputs it writes ``results.md`` / ``results.csv`` (method x LR (x seed) x metrics, the original
+first), ``tradeoff.png``, ``retention_vs_lr.png``, ``frontier.png`` and ``comparison.md`` (the paper's rule per
+method, then the methods at matched retention); the README's "Reproducing" section says what each holds.
 
 Every score has a 95% bootstrap interval over the questions / prompts and every comparison a paired one
 (:mod:`disc_ray.evaluation.stats`). The default domain score is ``prob_correct`` (the probability on the
