@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from disc_ray.config import ConfigError, apply_dotted, build_dataclass, parse_overrides, read_yaml_mapping
+from disc_ray.config import ConfigError, apply_dotted, build_dataclass, field_type, parse_overrides, read_yaml_mapping
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
 from disc_ray.evaluation.stats import format_ci
 from disc_ray.records import read_jsonl
@@ -142,7 +142,9 @@ def load_reproduce_config(argv: list[str]) -> tuple[ReproduceConfig, dict]:
     win. Raises ConfigError (one line; did-you-mean for an unknown key or preset)."""
     argv = [arg for a in argv for arg in (("--preset", "quick") if a == "--quick" else (a,))]
     cli = parse_overrides(argv)
-    chosen = build_dataclass(ReproduceConfig, cli)  # unknown keys and bad values fail before any file is read
+    for key in cli:  # unknown keys fail before any file is read (did-you-mean)
+        field_type(ReproduceConfig, key)
+    chosen = build_dataclass(ReproduceConfig, {k: v for k, v in cli.items() if k in ("preset", "config")})
     if chosen.config:
         raw = read_yaml_mapping(Path(chosen.config).expanduser(), "reproduction sweep file")
     else:
@@ -158,11 +160,7 @@ def load_reproduce_config(argv: list[str]) -> tuple[ReproduceConfig, dict]:
     defaults = raw.pop("reproduce", None) or {}
     if not isinstance(defaults, dict) or {"preset", "config"} & set(defaults):
         raise ConfigError("reproduce: the preset file's reproduce section must be a mapping of keys other than preset/config")
-    try:
-        cfg = build_dataclass(ReproduceConfig, apply_dotted(defaults, cli))
-    except ConfigError as err:
-        raise ConfigError(f"reproduce section or arguments: {err}") from None
-    return cfg, raw
+    return build_dataclass(ReproduceConfig, apply_dotted(defaults, cli)), raw
 
 
 # --------------------------------------------------------------------------- inputs and the sweep file

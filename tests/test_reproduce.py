@@ -95,6 +95,8 @@ def test_command_line_keys_reach_the_sweep_file(tmp_path):
     own.write_text(yaml.safe_dump({**raw, "reproduce": {"documents": 2, "synthetic_documents": 0}}))
     cfg, _, sweep = _sweep(["--config", str(own), "--documents", "1"], tmp_path)
     assert (cfg.documents, cfg.synthetic_documents) == (1, 0) and sweep.settings.name == "reproduce-quick"
+    cfg, inputs, _ = _sweep(["--quick", "--documents", "0"], tmp_path)  # valid with the preset's synthetic documents
+    assert (cfg.documents, cfg.synthetic_documents) == (0, 4) and set(inputs["kinds"]) == {"restated", "single"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -106,6 +108,7 @@ def test_command_line_keys_reach_the_sweep_file(tmp_path):
     (["--quick", "--documents", "100000"], "fewer than the 100000 asked for"),
     (["--quick", "--evaluation.limt", "8"], "unknown config key 'evaluation.limt' (did you mean 'evaluation.limit'?)"),
     (["--quick", "--lrs", "-1"], "lrs must be > 0"),
+    (["--quick", "--documents", "0", "--synthetic-documents", "0"], "must be >= 0 and not both 0"),
     (["--config", "missing.yaml"], "reproduction sweep file not found: missing.yaml"),
 ])
 def test_command_line_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
