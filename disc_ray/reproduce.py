@@ -1,23 +1,26 @@
-"""The paper's claim at small scale: DiSC vs ``ft`` and ``ft_kl`` over a learning-rate grid, on BioASQ.
+"""The paper's claim at small scale: DiSC vs ``ft`` and ``ft_kl`` over a learning-rate grid, on BioASQ and the
+built-in synthetic corpus.
 
-    python jobs/reproduce.py --quick                 # 3 methods x 3 LRs, 12 passages: under 30 min on 2 CPU cores
-    python jobs/reproduce.py                         # the full preset: 3 methods x 4 LRs, 48 passages (~2 h)
+    python jobs/reproduce.py --preset quick          # 3 methods x 3 LRs, 12 passages + 4 synthetic documents (<30 min)
+    python jobs/reproduce.py --preset full           # 3 methods x 3 LRs x 2 seeds, 208 passages + 24 synthetic (~7 h)
     python jobs/reproduce.py --quick --out ~/repro --model /models/Qwen2.5-0.5B-Instruct
     python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr   # the LoRA and TALR baselines too
+    python jobs/reproduce.py --config my_sweep.yaml  # a sweep file of your own in the presets' format
 
-It is a Ray Tune sweep (:mod:`disc_ray.tuning`) whose space is ``objective.name x train.lr``: every run
-trains on the same BioASQ passages (the same number of documents), is evaluated closed book on those
-passages' multiple-choice questions (log-likelihood and the paper's generation protocol), on an IFEval
-subset and on drift, against the original model. On top of the sweep's own outputs it writes
+A preset is a sweep file, ``tune/spaces/reproduce_<preset>.yaml`` (:mod:`disc_ray.tuning.space`'s format) with
+one more section, ``reproduce:``, holding defaults of :class:`ReproduceConfig` (the corpus sizes). The command's
+keys are :class:`ReproduceConfig`'s (``--key value``; the sweep file's sections as ``--evaluation.limit 8``),
+read by the one config loader (:mod:`disc_ray.config`); ``--help`` lists them.
 
-* ``results.md`` / ``results.csv``: method x LR x metrics, the original model first;
-* ``tradeoff.png``: domain score vs IFEval change, one point per run, coloured by method;
-* ``retention_vs_lr.png``: IFEval vs learning rate, one line per method, the original and the allowed drop;
-* ``comparison.md``: per method, the run the paper's rule selects (best domain score with at most
-  ``max_drop`` points lost on IFEval) and what it scored; then the methods at MATCHED RETENTION: each
-  method's best domain score among its runs that lose at most 2 and at most 5 IFEval points, and the paired
-  95% interval of every difference between methods there (:mod:`disc_ray.evaluation.frontier`);
-* ``frontier.png``: each method's frontier, domain score vs IFEval change across its LR grid, with 95% intervals.
+Every run trains on the same documents: the first ``documents`` BioASQ passages and ``synthetic_documents``
+documents of the built-in corpus (:mod:`disc_ray.synthetic`), and is evaluated closed book on the passages'
+multiple-choice questions and the synthetic documents' probes (``domain_mcq``, per ``meta.kind``: ``bioasq``,
+``restated``, ``single``), on an IFEval subset and on drift, against the original model. The experiment is a Ray
+Tune sweep: running the same command again resumes it (finished runs are kept, their ``eval.json`` reused; an
+interrupted run continues from its last checkpoint), so a long preset can run across sessions. On top of the
+sweep's own outputs it writes ``results.md`` / ``results.csv`` (method x LR (x seed) x metrics, the original
+first), ``tradeoff.png``, ``retention_vs_lr.png``, ``frontier.png`` and ``comparison.md`` (the paper's rule per
+method, then the methods at matched retention); the README's "Reproducing" section says what each holds.
 
 Every score has a 95% bootstrap interval over the questions / prompts and every comparison a paired one
 (:mod:`disc_ray.evaluation.stats`). The default domain score is ``prob_correct`` (the probability on the
@@ -26,19 +29,20 @@ correct option, length-normalized: see ``DOMAIN_METRICS``), not ``accuracy_ll``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from disc_ray.config import ConfigError, apply_dotted, build_dataclass, field_type, parse_overrides, read_yaml_mapping
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
 from disc_ray.records import read_jsonl
 from disc_ray.reporting import draw_error_bars, format_ci, format_number, markdown_table, new_figure, save_figure, write_csv
 
 METHODS = ("ft", "ft_kl", "disc")
-"""The methods a reproduction trains by default (``--methods`` picks others)."""
+"""The methods the presets train (``--methods`` picks others)."""
 ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "disc")
 """Every method ``--methods`` accepts, in the order tables and plots list them: the ``objective.name`` values
 (``talr``: token-adaptive loss reweighting, ``lora``: CE through merged LoRA adapters; see the README)."""
@@ -51,78 +55,196 @@ log-likelihood, which favours short options (the correct option is strictly the 
 BioASQ questions; the 135M original scores 40.9 on ``ll`` against 29.3 on ``ll_norm``), so a run that shifts
 probability towards short answers gains on it without learning. ``gen``: the paper's protocol (the answer
 letter in ``<answer>`` tags, majority vote); small models do not follow that format (SmolLM2-135M parses 0 of
-12 here), so it only separates runs of larger models."""
+12 here), so it only separates runs of larger models (it needs ``--evaluation.mcq_modes ll,gen``)."""
 DEFAULT_DOMAIN_METRIC = "prob"
 SKILL_METRIC = "ifeval.inst_strict"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "tune" / "spaces"
+"""The presets: ``reproduce_<name>.yaml`` here."""
+SWEEP_SECTIONS = ("sweep", "base", "evaluation", "selection", "drift", "scheduler", "resources")
+BIOASQ_KIND = "bioasq"
+"""``meta.kind`` of the BioASQ questions in the written question file (the synthetic probes keep theirs)."""
+
+
+# --------------------------------------------------------------------------- the command's config
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
-    """What one experiment trains and measures. Every run of a preset sees the same ``documents`` passages."""
+class ReproduceConfig:
+    """Everything ``jobs/reproduce.py`` takes (``--key value``). A preset file's ``reproduce:`` section sets
+    defaults of these keys; the command line wins."""
 
-    documents: int
-    lrs: tuple[float, ...]
-    ifeval_limit: int
-    ifeval_max_new_tokens: int
-    mcq_samples: int
-    drift_prompts: int
-    drift_every_n_steps: int
+    preset: str = "quick"
+    """``quick`` (under 30 min on 2 CPU cores) or ``full`` (~7 h, resumable): ``tune/spaces/reproduce_<preset>.yaml``.
+    ``--quick`` is ``--preset quick``."""
+    config: str | None = None
+    """A sweep file in the presets' format to run instead of ``preset``."""
+    out: str | None = None
+    """Where the experiment folder goes (null: the preset's ``sweep.storage_path``, ``~/disc-ray-reproduce``)."""
+    name: str | None = None
+    """Experiment folder name (null: the preset's ``sweep.name``, ``reproduce-quick`` / ``reproduce-full``); running
+    the same name again resumes the experiment."""
+    model: str | None = None
+    """The model to adapt (null: the preset's ``model.name_or_path``, the embedded SmolLM2-135M-Instruct)."""
+    methods: tuple[str, ...] = ()
+    """Methods to train, comma separated, from ft, ft_kl, talr, lora, disc (empty: the preset's ft, ft_kl, disc)."""
+    lrs: tuple[float, ...] = ()
+    """Learning rates, comma separated (empty: the preset's)."""
+    seeds: tuple[int, ...] = ()
+    """``train.seed`` values (document order, initialisation), comma separated; each run is repeated per seed
+    (empty: the preset's: none for quick, 0,1 for full)."""
+    documents: int = 12
+    """BioASQ passages trained on and asked about: the file's first rows with a passage (208: all)."""
+    synthetic_documents: int = 0
+    """Documents of the built-in synthetic corpus trained on together with the passages; their probes
+    (``restated``, ``single``) are asked too."""
+    domain_metric: str = DEFAULT_DOMAIN_METRIC
+    """What the paper's rule maximises: prob (probability on the correct option), ll_norm, ll (raw log-likelihood
+    accuracy, favours short options) or gen (see ``DOMAIN_METRICS``)."""
+    bioasq: str = str(DEFAULT_MCQ_PATH)
+    """BioASQ MCQ JSONL (passages under ``meta.context``)."""
+    sweep: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys of the sweep file's ``sweep`` section, e.g. ``--sweep.num_cpus 4``."""
+    base: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The sweep file's ``base`` section, e.g. ``--base.overrides.train.epochs 2``."""
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys of the sweep file's ``evaluation`` section (any evaluation key), e.g. ``--evaluation.limit 32``."""
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys of the sweep file's ``selection`` section, e.g. ``--selection.max_drop 3``."""
+    drift: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys of the sweep file's ``drift`` section, e.g. ``--drift.every_n_steps 8``."""
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The sweep file's ``scheduler`` section, e.g. ``--scheduler.drift_budget.max 1.0``."""
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keys of the sweep file's ``resources`` section, e.g. ``--resources.trial_gpus 1``."""
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: expected distinct methods from {','.join(ALL_METHODS)}, got {','.join(self.methods)!r}")
+        if self.domain_metric not in DOMAIN_METRICS:
+            raise ValueError(f"domain_metric must be one of {', '.join(DOMAIN_METRICS)}, got {self.domain_metric!r}")
+        if self.documents < 0 or self.synthetic_documents < 0 or self.documents + self.synthetic_documents < 1:
+            raise ValueError(f"documents and synthetic_documents must be >= 0 and not both 0, got "
+                             f"{self.documents} and {self.synthetic_documents}")
+        if any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"lrs must be > 0, got {list(self.lrs)}")
 
 
-PRESETS = {
-    # 9 runs of ~2.7 min each on 2 CPU cores (SmolLM2-135M): training 12 passages, then evaluation;
-    # the generation MCQ is greedy (one sample) and drift is checked once, at the end of training.
-    "quick": Preset(documents=12, lrs=(1e-5, 1e-4, 1e-3), ifeval_limit=16, ifeval_max_new_tokens=128, mcq_samples=1,
-                    drift_prompts=8, drift_every_n_steps=12),
-    # 12 runs of ~10 min each on 2 CPU cores (about 2 h with the original's evaluation); on a cluster they run in
-    # parallel (max_concurrent_trials: auto). 48 passages and 48 IFEval prompts: one question is ~2 points, one
-    # IFEval instruction ~1.3, so the 5-point rule is not decided by a single item. Scale up with --documents.
-    "full": Preset(documents=48, lrs=(1e-5, 1e-4, 3e-4, 1e-3), ifeval_limit=48, ifeval_max_new_tokens=192,
-                   mcq_samples=1, drift_prompts=16, drift_every_n_steps=16),
-}
+def preset_names() -> list[str]:
+    return sorted(p.stem.removeprefix("reproduce_") for p in PRESET_DIR.glob("reproduce_*.yaml"))
 
 
-def write_corpus(bioasq_path: Path, documents: int, out: Path) -> Path:
-    """The first ``documents`` BioASQ rows with a passage: trained on (``meta.context``) and asked about (MCQ)."""
-    rows = []
-    for _, row in read_jsonl(bioasq_path, "BioASQ file"):
-        if (row.get("meta") or {}).get("context", "").strip():
-            rows.append(row)
-        if len(rows) == documents:
-            break
-    if len(rows) < documents:
-        raise ValueError(f"{bioasq_path} has {len(rows)} rows with a passage, fewer than the {documents} asked for")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return out
+def load_reproduce_config(argv: list[str]) -> tuple[ReproduceConfig, dict]:
+    """``--key value`` arguments -> (the validated config, the sweep file it runs, without ``reproduce:``).
+
+    The preset file (or ``--config``) is read first; its ``reproduce:`` section sets defaults, the arguments
+    win. Raises ConfigError (one line; did-you-mean for an unknown key or preset)."""
+    argv = [arg for a in argv for arg in (("--preset", "quick") if a == "--quick" else (a,))]
+    cli = parse_overrides(argv)
+    for key in cli:  # unknown keys fail before any file is read (did-you-mean)
+        field_type(ReproduceConfig, key)
+    chosen = build_dataclass(ReproduceConfig, {k: v for k, v in cli.items() if k in ("preset", "config")})
+    if chosen.config:
+        raw = read_yaml_mapping(Path(chosen.config).expanduser(), "reproduction sweep file")
+    else:
+        path = PRESET_DIR / f"reproduce_{chosen.preset}.yaml"
+        if not path.is_file():
+            import difflib
+
+            close = difflib.get_close_matches(chosen.preset, preset_names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"preset: unknown preset '{chosen.preset}'{hint}; presets: {', '.join(preset_names())} "
+                              f"(files {PRESET_DIR}/reproduce_<preset>.yaml)")
+        raw = read_yaml_mapping(path, "preset file")
+    defaults = raw.pop("reproduce", None) or {}
+    if not isinstance(defaults, dict) or {"preset", "config"} & set(defaults):
+        raise ConfigError("reproduce: the preset file's reproduce section must be a mapping of keys other than preset/config")
+    return build_dataclass(ReproduceConfig, apply_dotted(defaults, cli)), raw
 
 
-def sweep_file(preset: Preset, *, name: str, out_dir: Path, corpus: Path, model: str, methods=METHODS,
-               workers: int = 1, domain_metric: str = DEFAULT_DOMAIN_METRIC, extra: dict | None = None) -> dict:
-    """The sweep (see :mod:`disc_ray.tuning.space`) that runs the experiment."""
-    if domain_metric not in DOMAIN_METRICS:
-        raise ValueError(f"domain_metric must be one of {sorted(DOMAIN_METRICS)}, got {domain_metric!r}")
-    raw = {
-        "sweep": {"name": name, "storage_path": str(out_dir)},
-        "base": {"overrides": {
-            "model.name_or_path": model, "data.path": str(corpus), "data.text_field": "meta.context",
-            "data.max_length": 1024, "workers.num_workers": workers, "train.batch_size": 1,
-            "run.checkpoint_every_n_steps": preset.drift_every_n_steps}},
-        "space": {"objective.name": {"grid": list(methods)}, "train.lr": {"grid": list(preset.lrs)}},
-        "searcher": "grid",
-        "max_concurrent_trials": "auto",
-        "drift": {"every_n_steps": preset.drift_every_n_steps},
-        "evaluation": {"suites": ["domain_mcq", "ifeval", "drift"], "mcq_path": str(corpus), "mcq_modes": ["ll", "gen"],
-                       "n_samples": preset.mcq_samples, "temperature": 1.0 if preset.mcq_samples > 1 else 0.0,
-                       "mcq_max_new_tokens": 64, "limit": preset.ifeval_limit, "mcq_limit": preset.documents,
-                       "max_new_tokens": preset.ifeval_max_new_tokens, "drift_num_prompts": preset.drift_prompts,
-                       "drift_max_new_tokens": 64},
-        "selection": {"rule": "paper", "max_drop": 5, "domain_metric": [DOMAIN_METRICS[domain_metric]],
-                      "retained_metrics": [SKILL_METRIC]},
-    }
-    for section, values in (extra or {}).items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+# --------------------------------------------------------------------------- inputs and the sweep file
+
+
+def write_inputs(bioasq_path: Path, documents: int, synthetic_documents: int, out_dir: Path, seed: int = 0) -> dict:
+    """The corpus every run trains on and the questions every run is asked, written into ``out_dir``.
+
+    ``documents.jsonl``: ``{"id", "text", "source"}`` per document, the first ``documents`` BioASQ passages
+    (``meta.context``) then ``synthetic_documents`` synthetic documents (seeded by ``seed``). ``questions.jsonl``:
+    the passages' questions (``meta.kind`` ``bioasq``) then the synthetic probes (``restated`` / ``single``),
+    ``meta.id`` unique across both (it pairs items across runs). Returns ``{"documents", "questions" (paths),
+    "n_documents", "n_questions", "kinds" ({kind: count})}``. Raises ValueError when the BioASQ file has fewer
+    passages than asked."""
+    passages = []
+    if documents:
+        for _, row in read_jsonl(bioasq_path, "BioASQ file"):
+            if (row.get("meta") or {}).get("context", "").strip():
+                passages.append(row)
+            if len(passages) == documents:
+                break
+    if len(passages) < documents:
+        raise ValueError(f"{bioasq_path} has {len(passages)} rows with a passage, fewer than the {documents} asked for")
+    corpus = [{"id": f"bioasq-{i}", "text": row["meta"]["context"], "source": "bioasq"} for i, row in enumerate(passages)]
+    questions = [{**row, "meta": {**row["meta"], "id": f"bioasq-{i}", "kind": BIOASQ_KIND}} for i, row in enumerate(passages)]
+    if synthetic_documents:
+        from disc_ray.synthetic import generate_corpus, probe_rows
+
+        generated = generate_corpus(synthetic_documents, seed)
+        corpus += [{"id": f"synthetic-{d.doc_id}", "text": d.text, "source": "synthetic"} for d in generated]
+        questions += [{**row, "meta": {**row["meta"], "id": f"synthetic-{row['meta']['id']}"}} for row in probe_rows(generated)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"documents": out_dir / "documents.jsonl", "questions": out_dir / "questions.jsonl"}
+    for key, rows in (("documents", corpus), ("questions", questions)):
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if not paths[key].is_file() or paths[key].read_text(encoding="utf-8") != text:  # a resume finds them unchanged
+            paths[key].write_text(text, encoding="utf-8")
+    kinds: dict[str, int] = {}
+    for row in questions:
+        kinds[row["meta"]["kind"]] = kinds.get(row["meta"]["kind"], 0) + 1
+    return {**paths, "n_documents": len(corpus), "n_questions": len(questions), "kinds": kinds}
+
+
+def experiment_dir(cfg: ReproduceConfig, raw: dict) -> Path:
+    """``<out>/<name>``: the sweep folder, where the inputs, runs and tables go."""
+    section = raw.get("sweep") or {}
+    out = cfg.out or section.get("storage_path") or "~/disc-ray-reproduce"
+    name = cfg.name or section.get("name") or "reproduce"
+    return Path(out).expanduser().resolve() / name
+
+
+def sweep_file(cfg: ReproduceConfig, raw: dict, inputs: dict) -> dict:
+    """The sweep file (see :mod:`disc_ray.tuning.space`) that runs the experiment: ``raw`` with the corpus and
+    questions of ``inputs`` (from :func:`write_inputs`) and ``cfg``'s keys applied."""
+    raw = copy.deepcopy(raw)
+    for section in SWEEP_SECTIONS:  # the sweep file's sections, merged as tune/sweep.py merges its overrides
+        value = getattr(cfg, section)
+        if value:
+            raw[section] = apply_dotted(raw.get(section) or {}, value)
+    experiment = experiment_dir(cfg, raw)
+    raw["sweep"] = {**(raw.get("sweep") or {}), "name": experiment.name, "storage_path": str(experiment.parent)}
+    base = dict(raw.get("base") or {})
+    overrides = dict(base.get("overrides") or {})
+    overrides.update({"data.path": str(inputs["documents"]), "data.format": "jsonl", "data.text_field": "text"})
+    if cfg.model:
+        overrides["model.name_or_path"] = cfg.model
+    raw["base"] = {**base, "overrides": overrides}
+    space = dict(raw.get("space") or {})
+    for key, values in (("objective.name", list(cfg.methods)), ("train.lr", list(cfg.lrs)), ("train.seed", list(cfg.seeds))):
+        if values:
+            space[key] = {"grid": values}
+    if "objective.name" not in space or "train.lr" not in space:
+        raise ConfigError("space: a reproduction sweeps objective.name and train.lr (grids); the file lacks one")
+    raw["space"] = space
+    raw["evaluation"] = {**(raw.get("evaluation") or {}), "mcq_path": str(inputs["questions"]),
+                         "mcq_limit": inputs["n_questions"]}
+    raw["selection"] = {**(raw.get("selection") or {}), "domain_metric": [DOMAIN_METRICS[cfg.domain_metric]],
+                        "retained_metrics": [SKILL_METRIC]}
     return raw
+
+
+def finished_runs(sweep_dir: Path) -> list[Path]:
+    """The runs of a sweep folder that were trained and evaluated (``runs/<trial>/model/eval/eval.json``): a
+    resume keeps them (Tune does not start them again, and a restarted trial reuses its export and eval.json)."""
+    return sorted(path.parents[2] for path in Path(sweep_dir).glob("runs/*/model/eval/eval.json"))
 
 
 # --------------------------------------------------------------------------- tables, plots, comparison
@@ -131,23 +253,28 @@ def sweep_file(preset: Preset, *, name: str, out_dir: Path, corpus: Path, model:
 def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[dict]:
     """One row per run (the original first), with the domain scores and intervals read from each run's eval.json.
     ``row["scores"]``: the run's :class:`~disc_ray.evaluation.selection.RunScores` under ``domain_metric`` (with
-    per-item values, for the paired comparisons); ``row["frontier"]``: its point on the method's frontier."""
+    per-item values, for the paired comparisons); ``row["frontier"]``: its point on the method's frontier. Runs
+    repeated per seed (``train.seed`` swept) are one row each, ``row["seed"]`` telling them apart."""
     from disc_ray.evaluation.frontier import frontier_point
     from disc_ray.evaluation.selection import run_scores
 
     metric = DOMAIN_METRICS[domain_metric]
     baseline = outcome["baseline_eval"]["suites"]
     original = run_scores("original", baseline, [metric], [SKILL_METRIC])
-    rows = [{"method": "original", "lr": None, "status": "", **_scores(baseline), "selected": "", "scores": original}]
-    for record in sorted(outcome["records"], key=lambda r: (ALL_METHODS.index(r.params["objective.name"]), r.params["train.lr"])):
+    rows = [{"method": "original", "lr": None, "seed": None, "status": "", **_scores(baseline), "selected": "",
+             "scores": original}]
+    order = lambda r: (ALL_METHODS.index(r.params["objective.name"]), r.params["train.lr"], r.params.get("train.seed", -1))  # noqa: E731
+    for record in sorted(outcome["records"], key=order):
         suites = {}
         if record.model_dir and (Path(record.model_dir) / "eval" / "eval.json").exists():
             suites = json.loads((Path(record.model_dir) / "eval" / "eval.json").read_text())["suites"]
-        method, lr = record.params["objective.name"], record.params["train.lr"]
-        scores = run_scores(f"{method} lr {lr:g}", suites, [metric], [SKILL_METRIC])
-        row = {"method": method, "lr": lr, "status": record.status, **_scores(suites),
-               "selected": "yes" if record.trial_id in outcome["per_method"].values() else "", "scores": scores,
-               "frontier": frontier_point(method, f"{lr:.0e}", scores, original, SKILL_METRIC) if suites else None}
+        method, lr, seed = record.params["objective.name"], record.params["train.lr"], record.params.get("train.seed")
+        label = f"{lr:.0e}" + ("" if seed is None else f" seed {seed}")
+        scores = run_scores(f"{method} lr {label}", suites, [metric], [SKILL_METRIC])
+        row = {"method": method, "lr": lr, "seed": seed, "trial_id": record.trial_id, "status": record.status,
+               **_scores(suites), "selected": "yes" if record.trial_id in outcome["per_method"].values() else "",
+               "scores": scores,
+               "frontier": frontier_point(method, label, scores, original, SKILL_METRIC) if suites else None}
         if record.status != "completed" and record.drift_kl is not None:
             row["drift_kl"] = record.drift_kl
         if row["frontier"] is not None and row["frontier"].retention_ci is not None:
@@ -163,7 +290,9 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
 def _scores(suites: dict) -> dict:
     mcq, ifeval, drift = suites.get("domain_mcq", {}), suites.get("ifeval", {}), suites.get("drift", {})
     ci = lambda metrics, key, end: (metrics.get("ci", {}).get(key) or [None, None])[end]  # noqa: E731
-    return {"mcq_prob": mcq.get("prob_correct"), "mcq_prob_ci_low": ci(mcq, "prob_correct", 0),
+    kinds = mcq.get("by_kind") or {}
+    return {**{f"mcq_prob_{kind}": (kinds.get(kind) or {}).get("prob_correct") for kind in KINDS},
+            "mcq_prob": mcq.get("prob_correct"), "mcq_prob_ci_low": ci(mcq, "prob_correct", 0),
             "mcq_prob_ci_high": ci(mcq, "prob_correct", 1), "mcq_margin": mcq.get("margin"),
             "mcq_ll_norm": mcq.get("accuracy_ll_norm"), "mcq_gen": mcq.get("accuracy_gen"),
             "mcq_gen_lenient": mcq.get("accuracy_gen_lenient"), "mcq_ll": mcq.get("accuracy_ll"),
@@ -172,11 +301,16 @@ def _scores(suites: dict) -> dict:
             "ifeval_prompt_strict": ifeval.get("prompt_strict"), "drift_kl": drift.get("kl"), "drift_nll": drift.get("nll")}
 
 
-COLUMNS = ("method", "lr", "status", "mcq_prob", "mcq_prob_ci_low", "mcq_prob_ci_high", "mcq_margin", "mcq_ll_norm",
+KINDS = (BIOASQ_KIND, "restated", "single")
+"""The question kinds whose ``prob_correct`` gets a column: BioASQ, and the synthetic probes (a fact restated in
+other words; a fact stated once in its document)."""
+COLUMNS = ("method", "lr", "seed", "status", "mcq_prob", "mcq_prob_ci_low", "mcq_prob_ci_high",
+           *(f"mcq_prob_{kind}" for kind in KINDS), "mcq_margin", "mcq_ll_norm",
            "mcq_gen", "mcq_gen_lenient", "mcq_ll", "ifeval_inst_strict", "ifeval_inst_strict_ci_low",
            "ifeval_inst_strict_ci_high", "ifeval_change", "ifeval_change_ci_low", "ifeval_change_ci_high",
            "ifeval_inst_loose", "ifeval_prompt_strict", "drift_kl", "drift_nll", "selected")
-MARKDOWN_COLUMNS = ("method", "lr", "status", "mcq_prob", "mcq_ll_norm", "mcq_gen", "mcq_gen_lenient", "mcq_ll",
+MARKDOWN_COLUMNS = ("method", "lr", "seed", "status", "mcq_prob", *(f"mcq_prob_{kind}" for kind in KINDS), "mcq_ll_norm",
+                    "mcq_gen", "mcq_gen_lenient", "mcq_ll",
                     "ifeval_inst_strict", "ifeval_change", "ifeval_inst_loose", "drift_kl", "selected")
 """``results.md`` shows intervals inside the cells (``41.2 [36.1, 46.3]``); the CSV has them as columns."""
 
@@ -256,15 +390,6 @@ def methods_run(runs: list[dict]) -> list[str]:
     return [m for m in ALL_METHODS if any(r["method"] == m for r in runs)]
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"disc,ft,lora"`` -> ``("disc", "ft", "lora")``; raises ValueError naming an unknown or repeated method."""
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown or not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"--methods: expected distinct methods from {','.join(ALL_METHODS)}, got {text!r}")
-    return methods
-
-
 def select_per_method(records: list, baseline, spec) -> dict[str, str | None]:
     """The paper's rule applied to each method's runs separately: {method: selected trial id or None}."""
     from disc_ray.tuning.selection import select_trials
@@ -299,7 +424,7 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
             lines.append(f"- {method}: no learning rate keeps IFEval within {max_drop:g} points")
             continue
         record = by_id[trial_id]
-        row = next(r for r in rows[1:] if r["method"] == method and r["lr"] == record.params["train.lr"])
+        row = next(r for r in rows[1:] if r.get("trial_id") == trial_id)
         change = row["frontier"].retention_ci if row.get("frontier") else None
         lines.append(f"- {method}: lr {record.params['train.lr']:g}: {metric} "
                      f"{format_ci(row['scores'].domain, row['scores'].domain_ci)}, MCQ gen {num(row['mcq_gen'])}, "
@@ -315,24 +440,27 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
 # --------------------------------------------------------------------------- the experiment
 
 
-def run_reproduction(preset: Preset, *, out_dir: str | Path, name: str, model: str = "smollm2-135m-instruct",
-                     bioasq_path: str | Path = DEFAULT_MCQ_PATH, methods=METHODS, domain_metric: str = DEFAULT_DOMAIN_METRIC,
-                     extra: dict | None = None, log=print) -> dict:
+def run_reproduction(cfg: ReproduceConfig, raw: dict, *, log=print) -> dict:
+    """Write the inputs, run (or resume) the sweep, then the tables, plots and comparison. ``raw``: the sweep file
+    (from :func:`load_reproduce_config`). Returns the rows, the per-method selection and the output paths."""
     from disc_ray.tuning.driver import run_sweep
     from disc_ray.tuning.space import parse_sweep
 
-    out_dir = Path(out_dir).expanduser().resolve()
-    experiment = out_dir / name
-    corpus = write_corpus(Path(bioasq_path).expanduser(), preset.documents, experiment / "inputs" / "bioasq_subset.jsonl")
-    sweep = parse_sweep(sweep_file(preset, name=name, out_dir=out_dir, corpus=corpus, model=model, methods=methods,
-                                   domain_metric=domain_metric, extra=extra))
+    experiment = experiment_dir(cfg, raw)
+    inputs = write_inputs(Path(cfg.bioasq).expanduser(), cfg.documents, cfg.synthetic_documents, experiment / "inputs")
+    sweep = parse_sweep(sweep_file(cfg, raw, inputs), cfg.config)
+    log(f"[reproduce] {inputs['n_documents']} documents, {inputs['n_questions']} questions "
+        f"({', '.join(f'{k} {n}' for k, n in inputs['kinds'].items())}); {experiment}")
+    done = finished_runs(experiment)
+    if done:
+        log(f"[reproduce] resuming: {len(done)} run(s) already trained and evaluated are kept, the others run")
     outcome = run_sweep(sweep)
     outcome["baseline_eval"] = json.loads((experiment / "baseline" / "eval.json").read_text())
     outcome["per_method"] = select_per_method(outcome["records"], outcome["baseline"], sweep.selection)
-    rows = run_rows(outcome, domain_metric)
+    rows = run_rows(outcome, cfg.domain_metric)
     tables = write_tables(rows, experiment)
-    plots = plot(rows, experiment, sweep.selection.max_drop, domain_metric)
-    comparison = comparison_text(rows, outcome["per_method"], outcome["records"], sweep.selection.max_drop, domain_metric)
+    plots = plot(rows, experiment, sweep.selection.max_drop, cfg.domain_metric)
+    comparison = comparison_text(rows, outcome["per_method"], outcome["records"], sweep.selection.max_drop, cfg.domain_metric)
     (experiment / "comparison.md").write_text(comparison)
     log((experiment / "results.md").read_text())
     log(comparison)
@@ -343,34 +471,25 @@ def run_reproduction(preset: Preset, *, out_dir: str | Path, name: str, model: s
                       "comparison": str(experiment / "comparison.md")}}
 
 
+def help_text() -> str:
+    from disc_ray.config import format_config_help
+
+    usage = __doc__.split("\n\n")[1]
+    return (f"usage: jobs/reproduce.py [--preset quick|full | --quick | --config FILE] [--key VALUE ...]\n\n"
+            f"{' '.join(__doc__.split(chr(10) * 2)[0].split())}\n\n{usage}\n\npresets: {', '.join(preset_names())} ({PRESET_DIR})\n\n"
+            + format_config_help(ReproduceConfig))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/reproduce.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the quick preset (under 30 min on 2 CPU cores)")
-    parser.add_argument("--out", default="~/disc-ray-reproduce", help="where the experiment folder goes")
-    parser.add_argument("--name", help="experiment folder name (default: reproduce-quick / reproduce-full)")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--bioasq", default=str(DEFAULT_MCQ_PATH), help="BioASQ MCQ JSONL (passages under meta.context)")
-    parser.add_argument("--documents", type=int, help="override the preset's number of passages")
-    parser.add_argument("--lrs", help="override the preset's learning rates, comma separated")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"the methods to train, comma separated, from {','.join(ALL_METHODS)} (default: {','.join(METHODS)})")
-    parser.add_argument("--domain-metric", choices=sorted(DOMAIN_METRICS), default=DEFAULT_DOMAIN_METRIC,
-                        help="what the paper's rule maximises: prob (default: probability on the correct option), "
-                             "ll_norm, ll (raw log-likelihood accuracy, favours short options) or gen")
-    args = parser.parse_args(argv)
-    preset = PRESETS["quick" if args.quick else "full"]
-    if args.documents:
-        preset = dataclasses.replace(preset, documents=args.documents)
-    if args.lrs:
-        preset = dataclasses.replace(preset, lrs=tuple(float(v) for v in args.lrs.split(",")))
-    from disc_ray.config import ConfigError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
     from disc_ray.evaluation.config import EvalInputError
     from disc_ray.models import ModelLoadError
 
     try:
-        methods = parse_methods(args.methods)
-        run_reproduction(preset, out_dir=args.out, name=args.name or f"reproduce-{'quick' if args.quick else 'full'}",
-                         model=args.model, bioasq_path=args.bioasq, methods=methods, domain_metric=args.domain_metric)
+        run_reproduction(*load_reproduce_config(argv))
     except (ConfigError, EvalInputError, ModelLoadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

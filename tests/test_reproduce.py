@@ -1,5 +1,6 @@
-"""The reproduction experiment's driver end to end on a tiny model and 4 BioASQ passages: the sweep, the
-per-method selection, the table with the original first, and both plots."""
+"""The reproduction: its presets (sweep files) through the sweep loader, its command line through the one config
+loader, its inputs (BioASQ passages + synthetic documents), resuming, and the driver end to end on a tiny model
+(the sweep, the per-method selection, the table with the original first, the plots)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,155 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from conftest import BIOASQ
 
-from disc_ray.reproduce import METHODS, PRESETS, Preset, run_reproduction, write_corpus
+from disc_ray.config import ConfigError
+from disc_ray.reproduce import (
+    ALL_METHODS,
+    METHODS,
+    PRESET_DIR,
+    ReproduceConfig,
+    experiment_dir,
+    finished_runs,
+    load_reproduce_config,
+    main,
+    run_reproduction,
+    sweep_file,
+    write_inputs,
+)
+from disc_ray.tuning.space import parse_sweep
 
 
-def test_presets_span_learning_rates_and_the_quick_one_is_small():
-    for preset in PRESETS.values():
-        assert len(preset.lrs) >= 3 and max(preset.lrs) / min(preset.lrs) >= 100
-    assert PRESETS["quick"].documents < PRESETS["full"].documents
+def _sweep(argv, tmp_path):
+    """The validated sweep a command runs (inputs written), without starting anything."""
+    cfg, raw = load_reproduce_config(argv + ["--out", str(tmp_path)])
+    inputs = write_inputs(BIOASQ, cfg.documents, cfg.synthetic_documents, experiment_dir(cfg, raw) / "inputs")
+    return cfg, inputs, parse_sweep(sweep_file(cfg, raw, inputs))
 
 
-def test_corpus_subset_is_trained_on_and_asked_about(tmp_path):
-    path = write_corpus(BIOASQ, 5, tmp_path / "subset.jsonl")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(rows) == 5 and all(row["meta"]["context"] and len(row["options"]) == 4 for row in rows)
+def test_presets_are_sweep_files_that_the_sweep_loader_reads(tmp_path):
+    assert {p.name for p in PRESET_DIR.glob("reproduce_*.yaml")} == {"reproduce_quick.yaml", "reproduce_full.yaml"}
+    for path in PRESET_DIR.glob("reproduce_*.yaml"):  # without the reproduce section, a plain sweep file
+        raw = yaml.safe_load(path.read_text())
+        raw.pop("reproduce")
+        assert parse_sweep(raw, str(path)).keys[:2] == ["objective.name", "train.lr"]
+    quick_cfg, quick_inputs, quick = _sweep(["--quick"], tmp_path)
+    full_cfg, full_inputs, full = _sweep(["--preset", "full"], tmp_path)
+    for sweep in (quick, full):
+        lrs = dict(zip(sweep.keys, (d.values for d in sweep.dimensions)))["train.lr"]
+        assert len(lrs) >= 3 and max(lrs) / min(lrs) >= 10 and 1e-3 in lrs  # ft degraded at 1e-3 (2026-11-23)
+        assert sweep.param_space()["objective.name"] == {"grid_search": list(METHODS)}
+        assert sweep.selection.domain_metric == ("domain_mcq.prob_correct",)
+        assert sweep.base.data.path and sweep.evaluation.mcq_path.endswith("questions.jsonl")
+    # issue 19: every BioASQ passage plus synthetic documents, their probes asked per kind, 2 seeds
+    assert full_inputs["kinds"]["bioasq"] == 208 and full_inputs["kinds"]["restated"] > 40 and full_inputs["kinds"]["single"] > 40
+    assert full.param_space()["train.seed"] == {"grid_search": [0, 1]} and full.evaluation.mcq_limit == full_inputs["n_questions"]
+    assert full.evaluation.limit >= 48 and full.settings.name == "reproduce-full"
+    assert quick_inputs["kinds"]["restated"] > 0 and quick_inputs["kinds"]["single"] > 0  # a quick run shows both
+    assert quick_cfg.documents < full_cfg.documents and "train.seed" not in quick.keys
+    assert quick.evaluation.mcq_limit == quick_inputs["n_questions"] == 30
+
+
+def test_inputs_join_bioasq_passages_and_synthetic_documents(tmp_path):
+    inputs = write_inputs(BIOASQ, 5, 2, tmp_path)
+    documents = [json.loads(line) for line in inputs["documents"].read_text().splitlines()]
+    questions = [json.loads(line) for line in inputs["questions"].read_text().splitlines()]
+    assert [d["source"] for d in documents] == ["bioasq"] * 5 + ["synthetic"] * 2 and all(d["text"] for d in documents)
+    assert [q["meta"]["kind"] for q in questions[:5]] == ["bioasq"] * 5
+    assert {q["meta"]["kind"] for q in questions[5:]} == {"restated", "single"}
+    assert len({q["meta"]["id"] for q in questions}) == len(questions) == inputs["n_questions"]  # ids pair items
+    assert questions[0]["meta"]["context"] == documents[0]["text"] and len(questions[0]["options"]) == 4
+    before = inputs["questions"].stat().st_mtime_ns
+    write_inputs(BIOASQ, 5, 2, tmp_path)  # a resume finds the same inputs and leaves them alone
+    assert inputs["questions"].stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="fewer than the 100000"):
+        write_inputs(BIOASQ, 100000, 0, tmp_path)
+
+
+def test_command_line_keys_reach_the_sweep_file(tmp_path):
+    cfg, _, sweep = _sweep(["--quick", "--lrs", "1e-4,1e-3", "--seeds", "0,1", "--methods", "disc,talr,lora",
+                            "--documents", "3", "--synthetic-documents", "1", "--evaluation.limit", "8",
+                            "--domain-metric", "ll", "--name", "mine", "--model", "smollm2-135m-instruct",
+                            "--base.overrides.train.epochs", "2", "--sweep.num_cpus", "4"], tmp_path)
+    assert cfg == ReproduceConfig(preset="quick", out=str(tmp_path), name="mine", model="smollm2-135m-instruct",
+                                  methods=("disc", "talr", "lora"), lrs=(1e-4, 1e-3), seeds=(0, 1), documents=3,
+                                  synthetic_documents=1, domain_metric="ll", evaluation={"limit": "8"},
+                                  base={"overrides": {"train": {"epochs": "2"}}}, sweep={"num_cpus": "4"})
+    assert sweep.param_space() == {"objective.name": {"grid_search": ["disc", "talr", "lora"]},
+                                   "train.lr": {"grid_search": [1e-4, 1e-3]}, "train.seed": {"grid_search": [0, 1]}}
+    assert sweep.evaluation.limit == 8 and sweep.evaluation.max_new_tokens == 128  # the rest of the preset's section
+    assert sweep.base.train.epochs == 2 and sweep.base.train.batch_size == 1 and sweep.settings.num_cpus == 4
+    assert sweep.selection.domain_metric == ("domain_mcq.accuracy_ll",)
+    assert sweep.sweep_dir == tmp_path / "mine" and sweep.settings.name == "mine"
+    own = tmp_path / "own.yaml"  # --config: a sweep file of one's own, its reproduce section as defaults
+    raw = yaml.safe_load((PRESET_DIR / "reproduce_quick.yaml").read_text())
+    own.write_text(yaml.safe_dump({**raw, "reproduce": {"documents": 2, "synthetic_documents": 0}}))
+    cfg, _, sweep = _sweep(["--config", str(own), "--documents", "1"], tmp_path)
+    assert (cfg.documents, cfg.synthetic_documents) == (1, 0) and sweep.settings.name == "reproduce-quick"
+    cfg, inputs, _ = _sweep(["--quick", "--documents", "0"], tmp_path)  # valid with the preset's synthetic documents
+    assert (cfg.documents, cfg.synthetic_documents) == (0, 4) and set(inputs["kinds"]) == {"restated", "single"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "1e-4"], "unknown config key 'lr' (did you mean 'lrs'?)"),
+    (["--preset", "fulll"], "unknown preset 'fulll' (did you mean 'full'?)"),
+    (["--quick", "--methods", "disc,rephrase"], "methods: expected distinct methods from ft,ft_kl,talr,lora,disc"),
+    (["--quick", "--methods", "ft,ft"], "methods: expected distinct methods"),
+    (["--quick", "--domain-metric", "f1"], "domain_metric must be one of prob, ll_norm, ll, gen"),
+    (["--quick", "--documents", "100000"], "fewer than the 100000 asked for"),
+    (["--quick", "--evaluation.limt", "8"], "unknown config key 'evaluation.limt' (did you mean 'evaluation.limit'?)"),
+    (["--quick", "--lrs", "-1"], "lrs must be > 0"),
+    (["--quick", "--documents", "0", "--synthetic-documents", "0"], "must be >= 0 and not both 0"),
+    (["--config", "missing.yaml"], "reproduction sweep file not found: missing.yaml"),
+])
+def test_command_line_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_help_lists_every_key_with_its_default_and_docstring(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("preset", "config", "out", "name", "model", "methods", "lrs", "seeds", "documents",
+                "synthetic_documents", "domain_metric", "bioasq", "evaluation", "selection"):
+        assert f"--{key} " in text
+    assert "--documents int (default 12)\n        BioASQ passages trained on" in text and "presets: full, quick" in text
+
+
+def test_running_the_same_command_again_resumes_and_skips_finished_runs(tmp_path):
+    """The first run stored its sweep file and finished one trial (export + eval.json); the same command finds a
+    matching sweep (Tune restores it) and that trial is neither trained nor evaluated again. A changed command is
+    refused, naming what changed."""
+    from disc_ray.config import to_dict
+    from disc_ray.tuning.driver import SWEEP_FILE, check_resume
+    from disc_ray.tuning.trial import TrialContext, evaluate_trial, train_trial
+
+    argv = ["--quick", "--documents", "2", "--synthetic-documents", "1"]
+    _, _, first = _sweep(argv, tmp_path)
+    first.sweep_dir.mkdir(parents=True, exist_ok=True)
+    (first.sweep_dir / SWEEP_FILE).write_text(yaml.safe_dump(first.raw, sort_keys=False))  # as run_sweep stores it
+    trial = first.trial_config({"objective.name": "disc", "train.lr": 1e-4}, "abc_00001")
+    model_dir = first.sweep_dir / "runs" / "trial_abc_00001" / "model"
+    (model_dir / "eval").mkdir(parents=True)
+    (model_dir / "run.json").write_text(json.dumps({"config": to_dict(trial), "sweep_trial_complete": True}))
+    (model_dir / "eval" / "eval.json").write_text(json.dumps(
+        {"config": first.evaluation.to_dict(), "baseline": {"model": "original-dir"}, "suites": {"marker": {}}}))
+    (first.sweep_dir / "runs" / "trial_abc_00002" / "model").mkdir(parents=True)  # interrupted: no eval.json yet
+    assert finished_runs(first.sweep_dir) == [first.sweep_dir / "runs" / "trial_abc_00001"]
+
+    _, _, again = _sweep(argv, tmp_path)
+    check_resume(again)  # the same command: the stored sweep matches
+    context = TrialContext(sweep=again, model_source="original-dir", baseline_dir="unused", drift_records=())
+    out, summary = train_trial(again.trial_config({"objective.name": "disc", "train.lr": 1e-4}, "abc_00001"), context,
+                               callback=None)  # would start Ray Train if it trained
+    assert out == model_dir and summary["sweep_trial_complete"]
+    assert evaluate_trial(model_dir, "abc_00001", context)["suites"] == {"marker": {}}  # would load a model
+    _, _, changed = _sweep(argv + ["--lrs", "1e-4,3e-4,1e-3"], tmp_path)
+    with pytest.raises(ConfigError, match="was started with different space"):
+        check_resume(changed)
 
 
 @pytest.fixture()
@@ -37,15 +171,14 @@ def ray_stopped_after():
 @pytest.mark.ray
 def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, tiny_model_dir, ray_stopped_after):
     """lr 3 wrecks the model at step 1 and the drift budget stops it (never selectable); lr 1e-9 changes nothing
-    and keeps IFEval: the rule must pick it for each method."""
-    preset = Preset(documents=4, lrs=(1e-9, 3.0), ifeval_limit=4, ifeval_max_new_tokens=16, mcq_samples=1,
-                    drift_prompts=4, drift_every_n_steps=1)
-    outcome = run_reproduction(
-        preset, out_dir=tmp_path, name="tiny", model=str(tiny_model_dir), bioasq_path=BIOASQ, methods=("ft", "disc"),
-        extra={"sweep": {"num_cpus": 6}, "scheduler": {"drift_budget": {"metric": "drift_kl", "max": 1.0}},
-               "evaluation": {"progress": False, "cache_dir": str(tmp_path / "cache"), "mcq_max_new_tokens": 16,
-                              "drift_max_new_tokens": 16}},
-        log=lambda *_: None)
+    and keeps IFEval: the rule must pick it for each method. 4 passages + 1 synthetic document (5 probes)."""
+    argv = ["--quick", "--documents", "4", "--synthetic-documents", "1", "--lrs", "1e-9,3.0", "--methods", "ft,disc",
+            "--model", str(tiny_model_dir), "--out", str(tmp_path), "--name", "tiny", "--sweep.num_cpus", "6",
+            "--drift.every_n_steps", "1", "--scheduler.drift_budget.metric", "drift_kl",
+            "--scheduler.drift_budget.max", "1.0", "--evaluation.progress", "false", "--evaluation.limit", "4",
+            "--evaluation.max_new_tokens", "16", "--evaluation.drift_num_prompts", "4",
+            "--evaluation.drift_max_new_tokens", "16", "--evaluation.cache_dir", str(tmp_path / "cache")]
+    outcome = run_reproduction(*load_reproduce_config(argv), log=lambda *_: None)
     experiment = tmp_path / "tiny"
     with (experiment / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -53,12 +186,14 @@ def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, t
                                                        ("disc", "1e-09"), ("disc", "3.0")]
     original = rows[0]
     assert original["mcq_ll"] and original["ifeval_inst_strict"] and float(original["drift_kl"]) < 1e-6
+    assert all(original[f"mcq_prob_{kind}"] for kind in ("bioasq", "restated", "single"))  # per-kind scores
     for row in rows[1:]:
         gentle = row["lr"] == "1e-09"
         assert row["status"] == ("completed" if gentle else "stopped")
         assert row["selected"] == ("yes" if gentle else "")
         if gentle:  # evaluated on the same questions as the original, unchanged model: same scores, no drift
             assert row["mcq_ll"] == original["mcq_ll"] and float(row["ifeval_change"]) == 0.0
+            assert float(row["mcq_prob_restated"]) == pytest.approx(float(original["mcq_prob_restated"]), abs=1e-3)
             assert float(row["drift_kl"]) < 1e-3
         else:
             assert row["mcq_ll"] == "" and float(row["drift_kl"]) > 1.0
@@ -69,43 +204,7 @@ def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, t
     assert markdown.count("\n| ") == 6  # header + original + 4 runs
     for name in ("tradeoff.png", "retention_vs_lr.png"):
         assert (experiment / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert METHODS == ("ft", "ft_kl", "disc")
-
-
-def test_domain_metric_is_what_the_rule_maximises(tmp_path):
-    from disc_ray.reproduce import PRESETS, sweep_file
-
-    common = dict(name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="m")
-    assert sweep_file(PRESETS["quick"], **common)["selection"]["domain_metric"] == ["domain_mcq.prob_correct"]
-    assert sweep_file(PRESETS["quick"], domain_metric="ll", **common)["selection"]["domain_metric"] == ["domain_mcq.accuracy_ll"]
-    assert sweep_file(PRESETS["quick"], domain_metric="gen", **common)["selection"]["domain_metric"] == ["domain_mcq.accuracy_gen"]
-    with pytest.raises(ValueError, match="domain_metric"):
-        sweep_file(PRESETS["quick"], domain_metric="f1", **common)
-
-
-@pytest.mark.ray
-def test_command_line_rejects_too_many_documents(tmp_path):
-    from disc_ray.reproduce import main
-
-    assert main(["--quick", "--documents", "100000", "--out", str(tmp_path)]) == 2
-
-
-def test_methods_flag_accepts_every_objective_and_rejects_others(tmp_path, capsys):
-    from disc_ray.reproduce import ALL_METHODS, PRESETS, main, parse_methods, sweep_file
-
-    assert parse_methods("disc,ft,ft_kl,lora,talr") == ("disc", "ft", "ft_kl", "lora", "talr")
-    assert set(ALL_METHODS) == {"disc", "ft", "ft_kl", "lora", "talr"}
-    from disc_ray.tuning.space import parse_sweep
-
-    (tmp_path / "c.jsonl").write_text("{}\n")
-    raw = sweep_file(PRESETS["quick"], name="x", out_dir=tmp_path, corpus=tmp_path / "c.jsonl", model="smollm2-135m-instruct",
-                     methods=parse_methods("talr,lora"))
-    assert parse_sweep(raw).param_space()["objective.name"] == {"grid_search": ["talr", "lora"]}  # validated per trial
-    for bad in ("disc,sft", "ft,ft", ""):
-        with pytest.raises(ValueError, match="--methods"):
-            parse_methods(bad)
-    assert main(["--quick", "--methods", "disc,rephrase", "--out", str(tmp_path)]) == 2
-    assert "--methods" in capsys.readouterr().err
+    assert METHODS == ("ft", "ft_kl", "disc") and set(ALL_METHODS) >= {"disc", "ft", "ft_kl", "lora", "talr"}
 
 
 # --------------------------------------------------------------------------- matched retention (no Ray)
@@ -167,7 +266,7 @@ def test_matched_retention_compares_each_methods_best_run_within_the_budget(tmp_
     assert "- <= 2 points: disc - ft = +" in text and "the questions separate them" in text.split("- <= 5")[0]
     assert "- <= 5 points: ft - disc = +" in text
     write_tables(rows, tmp_path)
-    assert "| ft | 1e-04 | completed | " in (tmp_path / "results.md").read_text()
+    assert "| ft | 1e-04 | - | completed | " in (tmp_path / "results.md").read_text()
     paths = plot(rows, tmp_path, 5.0, "prob")
     assert [p.name for p in paths] == ["tradeoff.png", "retention_vs_lr.png", "frontier.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)

@@ -23,7 +23,9 @@ from disc_ray.tuning.space import load_sweep, parse_sweep
 from disc_ray.tuning.sweep_config import SelectionConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SPACES = sorted((REPO / "tune" / "spaces").glob("*.yaml"))
+SPACES = sorted(p for p in (REPO / "tune" / "spaces").glob("*.yaml") if not p.name.startswith("reproduce_"))
+"""The sweep files tune/sweep.py runs; the reproduction presets (``reproduce_*.yaml``, with a ``reproduce:``
+section) are read by jobs/reproduce.py and validated in test_reproduce.py."""
 
 
 def minimal(**extra) -> dict:
