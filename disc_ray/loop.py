@@ -93,9 +93,9 @@ def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, sc
 
 
 def student_tokens(example: DocumentExample, obj_cfg: ObjectiveConfig) -> int:
-    """Tokens ``example`` adds to the student's packed row: its splits, each with the special prefix (``disc``), or
-    the whole document (``ft``, ``ft_kl``). What ``train.max_tokens_per_step`` counts."""
-    if obj_cfg.name != "disc":
+    """Tokens ``example`` adds to the student's packed row: its splits, each with the special prefix (``disc``,
+    ``cd_base``), or the whole document (``ft``, ``ft_kl``, ...). What ``train.max_tokens_per_step`` counts."""
+    if not obj_cfg.packs_splits:
         return len(example.input_ids)
     return sum(example.num_special_prefix + end - start for start, end in example.split_spans)
 
@@ -122,6 +122,8 @@ class PreparedCorpus:
     examples: list[DocumentExample]
     documents_read: int
     skipped: Counter = field(default_factory=Counter)
+    generation: dict | None = None
+    """``rephrase`` / ``cd_base``: :class:`disc_ray.data.generation.GenerationCounts` as a dict."""
 
     def summary(self) -> str:
         skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items())) or "none"
@@ -130,8 +132,23 @@ class PreparedCorpus:
 
 def prepare_corpus(documents: Iterable, tokenizer, split_cfg: SplitConfig, obj_cfg: ObjectiveConfig, max_length: int = 2048,
                    strict: bool = False) -> PreparedCorpus:
-    """Documents -> training examples; unusable documents are counted by reason (or raise, if ``strict``)."""
+    """Documents -> training examples; unusable documents are counted by reason (or raise, if ``strict``).
+    ``cd_base``: ``documents`` are ``(document, continuation)`` pairs (:func:`generate_training_texts`)."""
     prepared = PreparedCorpus(examples=[], documents_read=0)
+    if obj_cfg.name == "cd_base":
+        from disc_ray.data.prepare import prepare_transfer_documents
+
+        pairs = list(documents)
+        results = prepare_transfer_documents([d for d, _ in pairs], [c for _, c in pairs], tokenizer, max_length, obj_cfg.max_transfer_tokens)
+        for index, result in enumerate(results):
+            prepared.documents_read += 1
+            if isinstance(result, DocumentSkipped):
+                if strict:
+                    raise DocumentSkipped(result.reason, f"document {index}: {result}")
+                prepared.skipped[result.reason] += 1
+            else:
+                prepared.examples += result
+        return prepared
     for index, text in enumerate(documents):
         prepared.documents_read += 1
         try:
@@ -141,6 +158,28 @@ def prepare_corpus(documents: Iterable, tokenizer, split_cfg: SplitConfig, obj_c
                 raise DocumentSkipped(skip.reason, f"document {index}: {skip}") from None
             prepared.skipped[skip.reason] += 1
     return prepared
+
+
+def generate_training_texts(model, tokenizer, documents: list[str], obj_cfg: ObjectiveConfig, skipped: Counter,
+                            counts=None) -> list:
+    """The in-process generation stage (:mod:`disc_ray.data.generation`) with ``model`` (a frozen copy generates):
+    ``rephrase``: the rewrites; ``cd_base``: ``(document, continuation)`` pairs. Empty generations (and truncated ones
+    under ``on_truncated: skip``) are left out and counted in ``skipped`` (``generation_empty`` / ``generation_truncated``)."""
+    from disc_ray.data.cleaning import clean_text
+    from disc_ray.data.generation import generate_for_documents, module_identity
+    from disc_ray.evaluation.backends import HFBackend
+
+    settings = obj_cfg.generation
+    backend = HFBackend(build_teacher(model), tokenizer, batch_size=1, progress=False)
+    generations = generate_for_documents(list(documents), backend, obj_cfg.generation_task, settings, module_identity(model),
+                                         clean=lambda text: clean_text(text)[0], counts=counts)
+    texts = []
+    for document, generation in zip(documents, generations):
+        if generation.empty or (generation.truncated and settings.on_truncated == "skip"):
+            skipped["generation_empty" if generation.empty else "generation_truncated"] += 1
+        else:
+            texts.append(generation.text if obj_cfg.name == "rephrase" else (document, generation.text))
+    return texts
 
 
 def iterate_micro_batches(examples: list[DocumentExample], batch_size: int, seed: int, epoch: int) -> list[list[DocumentExample]]:
@@ -170,7 +209,17 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
     from disc_ray.lora import parameter_counts, wrap_student_for_objective
 
     torch.manual_seed(train_cfg.seed)
+    skipped_by_generation, counts = Counter(), None
+    if obj_cfg.generation_task:  # rephrase / cd_base: the initial model's text, before any training
+        from disc_ray.data.generation import GenerationCounts
+
+        counts = GenerationCounts()
+        documents = generate_training_texts(student, tokenizer, list(documents), obj_cfg, skipped_by_generation, counts)
+        log(f"[disc-ray] {counts.format()}")
     corpus = prepare_corpus(documents, tokenizer, split_cfg, obj_cfg, max_length)
+    corpus.documents_read += sum(skipped_by_generation.values())
+    corpus.skipped.update(skipped_by_generation)
+    corpus.generation = counts.as_dict() if counts else None
     log(f"[disc-ray] {corpus.summary()}")
     if not corpus.examples:
         raise ValueError(f"no trainable documents: {corpus.summary()}")

@@ -1,7 +1,11 @@
-"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` / ``talr`` / ``lora`` baselines. Plain torch, no Ray.
+"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` / ``talr`` / ``lora`` / ``rephrase`` / ``cd_base``
+baselines. Plain torch, no Ray.
 
 ``talr`` (token-adaptive loss reweighting) lives in :mod:`disc_ray.talr`; ``lora`` is ``ft``'s cross-entropy
-through PEFT LoRA adapters (:mod:`disc_ray.lora` wraps the student; the loss here is ``ft``'s).
+through PEFT LoRA adapters (:mod:`disc_ray.lora` wraps the student; the loss here is ``ft``'s). ``rephrase`` is
+``ft``'s cross-entropy on the initial model's rewrite of each document, and ``cd_base`` DiSC's packed KL on rows
+whose one split is a generated continuation and whose teacher prefix is the whole document; both get their text from
+the generation stage (:mod:`disc_ray.data.generation`), so the losses here are ``ft``'s and ``disc``'s.
 
 DiSC for one split ``[s, e)`` of a document ``x``: the frozen teacher reads ``x[:e]``, the student
 reads ``x[s:e]`` alone, and the loss is ``T^2 * KL(teacher/T || student/T)`` on the split's tokens
@@ -19,16 +23,20 @@ gradients chunk by chunk, so no ``[tokens, vocab]`` tensor for the whole batch e
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from disc_ray.data.generation import GenerationSettings
 from disc_ray.model_check import OutputHead, output_head, packed_attention_kwargs
 from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
-OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora")
+OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora", "rephrase", "cd_base")
+GENERATION_TASKS = {"rephrase": "rephrase", "cd_base": "continue"}
+"""The objectives that train on generated text, and what they generate (:data:`disc_ray.data.generation.TASKS`)."""
 NORMALIZATIONS = ("document", "token")
 
 
@@ -38,8 +46,9 @@ class ObjectiveConfig:
 
     name: str = "disc"
     """``disc`` (default), ``ft`` (next-token cross-entropy), ``ft_kl`` (CE + beta * KL to the initial model),
-    ``talr`` (CE with token-adaptive weights, :mod:`disc_ray.talr`) or ``lora`` (CE through LoRA adapters on a
-    frozen base, merged into the export: :mod:`disc_ray.lora`)."""
+    ``talr`` (CE with token-adaptive weights, :mod:`disc_ray.talr`), ``lora`` (CE through LoRA adapters on a
+    frozen base, merged into the export: :mod:`disc_ray.lora`), ``rephrase`` (CE on the initial model's rewrite of each
+    document) or ``cd_base`` (KL to the initial model on a continuation it wrote, the teacher reading the document first)."""
     temperature: float = 2.0
     """DiSC softmax temperature T; the KL is multiplied by T^2."""
     ft_kl_beta: float = 0.1
@@ -58,6 +67,12 @@ class ObjectiveConfig:
     lora_target_modules: str = "all-linear"
     """``lora`` only: PEFT ``target_modules``: ``all-linear`` (every linear layer but the output head, as the released
     code) or a comma-separated list of module names (``q_proj,v_proj``)."""
+    cd_base_temperature: float = 1.0
+    """``cd_base`` only: softmax temperature T of its KL (times T^2), 1.0 as the paper's baseline."""
+    max_transfer_tokens: int = 1000
+    """``cd_base`` only: the continuation is cut to its first this many tokens (the paper: 1000)."""
+    generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
+    """``rephrase`` / ``cd_base`` only: engine, sampling, cache (:class:`disc_ray.data.generation.GenerationSettings`)."""
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -76,10 +91,23 @@ class ObjectiveConfig:
             raise ValueError(f"objective.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules.strip():
             raise ValueError("objective.lora_target_modules must not be empty")
+        if self.cd_base_temperature <= 0 or self.max_transfer_tokens < 2:
+            raise ValueError(f"objective.cd_base_temperature must be > 0 and objective.max_transfer_tokens >= 2, got "
+                             f"{self.cd_base_temperature}, {self.max_transfer_tokens}")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.name in ("disc", "ft_kl")
+        return self.name in ("disc", "ft_kl", "cd_base")
+
+    @property
+    def packs_splits(self) -> bool:
+        """Rows carry splits the student reads alone (``disc``; ``cd_base``: the continuation): DiSC's packing."""
+        return self.name in ("disc", "cd_base")
+
+    @property
+    def generation_task(self) -> str | None:
+        """What the generation stage writes for this objective (None: no generation)."""
+        return GENERATION_TASKS.get(self.name)
 
 
 # --------------------------------------------------------------------------- packing
@@ -150,8 +178,8 @@ def pack_disc_batch(examples: list[DocumentExample], normalization: str = "docum
 
 
 def pack_lm_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
-    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``, ``talr``, ``lora``); teacher and student rows
-    are the same."""
+    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``, ``talr``, ``lora``, ``rephrase``); teacher and
+    student rows are the same."""
     ids, pos, rows, targets, weights, documents = [], [], [], [], [], []
     for index, example in enumerate(examples):
         offset, n = len(ids), len(example.input_ids)
@@ -173,7 +201,7 @@ def pack_lm_batch(examples: list[DocumentExample], normalization: str = "documen
 
 
 def pack_batch(examples: list[DocumentExample], cfg: ObjectiveConfig) -> PackedBatch:
-    return pack_disc_batch(examples, cfg.normalization) if cfg.name == "disc" else pack_lm_batch(examples, cfg.normalization)
+    return pack_disc_batch(examples, cfg.normalization) if cfg.packs_splits else pack_lm_batch(examples, cfg.normalization)
 
 
 # --------------------------------------------------------------------------- chunked projection + divergence
@@ -351,7 +379,9 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
         teacher_weight = output_head(teacher).weight.detach()
     if cfg.name == "disc":
         scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.temperature)
-    elif cfg.name in ("ft", "talr", "lora"):
+    elif cfg.name == "cd_base":
+        scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.cd_base_temperature)
+    elif cfg.name in ("ft", "talr", "lora", "rephrase"):
         scales = dict(ce_scale=1.0, kl_scale=0.0, temperature=1.0)
     else:
         scales = dict(ce_scale=1.0, kl_scale=cfg.ft_kl_beta, temperature=cfg.ft_kl_temperature)

@@ -40,7 +40,7 @@ from disc_ray.records import read_jsonl
 
 METHODS = ("ft", "ft_kl", "disc")
 """The methods a reproduction trains by default (``--methods`` picks others)."""
-ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "disc")
+ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "rephrase", "cd_base", "disc")
 """Every method ``--methods`` accepts, in the order tables and plots list them: the ``objective.name`` values
 (``talr``: token-adaptive loss reweighting, ``lora``: CE through merged LoRA adapters; see the README)."""
 DOMAIN_METRICS = {"prob": "domain_mcq.prob_correct", "ll_norm": "domain_mcq.accuracy_ll_norm",

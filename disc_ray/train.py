@@ -437,14 +437,19 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
     # The exact loss, or one error line before anything starts (ModelCheckError is a ValueError).
     log(f"model check: {check_model_source(model_source, trust_remote_code=cfg.model.trust_remote_code).format()}")
     ensure_ray(cfg, verbose)
+    generation = None
+    if cfg.objective.generation_task:  # rephrase / cd_base: the initial model's text, generated (or cached) before training
+        from disc_ray.data.generation import GenerationPlan
+
+        generation = GenerationPlan(cfg.objective.generation_task, cfg.objective.generation, model_source, cfg.objective.max_transfer_tokens)
     dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
-                                             tokenizer=model_source)
+                                             tokenizer=model_source, generation=generation)
     log(f"data: {report.format()}")
     if report.examples == 0:
         raise ValueError(f"no trainable documents in {cfg.data.path}: {report.format()}")
     if report.examples < cfg.workers.num_workers:
         raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
-    student_tokens = report.split_tokens + report.splits if cfg.objective.name == "disc" else report.tokens
+    student_tokens = report.split_tokens + report.splits if cfg.objective.packs_splits else report.tokens
     total_steps = plan_total_steps(report.examples, cfg, student_tokens)
     log(f"training {cfg.objective.name} on {cfg.workers.num_workers} worker(s) for {total_steps} steps; "
         f"run '{cfg.run.name}' in {cfg.run.resolved_storage_path()}")

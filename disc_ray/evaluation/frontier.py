@@ -27,7 +27,8 @@ from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, compar
 
 BUDGETS = (2.0, 5.0)
 """Retention budgets (points of the retained skill a run may lose) the reproduction reports."""
-COLOURS = {"ft": "tab:orange", "ft_kl": "tab:purple", "talr": "tab:green", "lora": "tab:brown", "disc": "tab:blue"}
+COLOURS = {"ft": "tab:orange", "ft_kl": "tab:purple", "talr": "tab:green", "lora": "tab:brown", "rephrase": "tab:red",
+           "cd_base": "tab:olive", "disc": "tab:blue"}
 
 
 @dataclasses.dataclass(frozen=True)
