@@ -181,3 +181,27 @@ def test_in_process_adaptation_generates_then_trains(tiny_model, tokenizer, tmp_
     key = "kl" if name == "cd_base" else "ce"
     assert result.history[0][key] > 0
     assert any(not torch.equal(p, q) for p, q in zip(tiny_model.parameters(), before.parameters()))
+
+
+@pytest.mark.ray
+def test_ray_data_stage_caches_counts_and_builds_transfer_rows(local_ray, tiny_model_dir, tmp_path, bioasq_passages):
+    """The pipeline's generation stage (Ray Data actors): cd_base rows are document + continuation with one split; a
+    second build (another output folder) takes every generation from the cache; empty ones are rejects."""
+    import json
+
+    from disc_ray.data import DataConfig, build_training_dataset
+    from disc_ray.data.generation import GenerationPlan
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in bioasq_passages[:2]))
+    plan = GenerationPlan("continue", GenerationSettings(max_new_tokens=6, cache_dir=str(tmp_path / "cache")), str(tiny_model_dir), 4)
+    reports = []
+    for run_index in range(2):
+        data = DataConfig(path=str(corpus), output_dir=str(tmp_path / f"rows{run_index}"))
+        dataset, report = build_training_dataset(data, SplitConfig(), with_splits=False, tokenizer=str(tiny_model_dir), generation=plan)
+        reports.append(report)
+    assert reports[0].generation == {"generated": 2, "cached": 0, "empty": 0, "truncated": 2}
+    assert reports[1].generation == {"generated": 0, "cached": 2, "empty": 0, "truncated": 2}
+    rows = dataset.take_all()
+    assert len(rows) == 2 and all(len(r["split_starts"]) == 1 and r["split_ends"][0] == len(r["input_ids"]) and
+                                  r["split_ends"][0] - r["split_starts"][0] == 4 for r in rows)

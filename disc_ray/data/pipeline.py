@@ -268,12 +268,15 @@ def build_training_dataset(data_cfg, split_cfg: SplitConfig, with_splits: bool =
 def _with_generation(cleaned: ray.data.Dataset, plan: GenerationPlan, cfg: DataConfig) -> ray.data.Dataset:
     """The generation stage: actors (one engine each) map cleaned blocks of ``batch_rows`` documents; the generated
     text is cleaned with the corpus's own settings."""
+    import ray.data
+
     from disc_ray.data.generation import GenerateBlock
 
     cleaning = {"normalize_unicode": cfg.normalize_unicode, "collapse_whitespace": cfg.collapse_whitespace}
     settings = plan.settings
     return cleaned.map_batches(GenerateBlock, fn_constructor_kwargs={"plan": plan, "cleaning": cleaning}, batch_size=cfg.batch_rows,
-                               batch_format="pyarrow", concurrency=settings.concurrency, num_cpus=settings.num_cpus,
+                               batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
+                               num_cpus=settings.num_cpus,
                                **({"num_gpus": settings.num_gpus} if settings.num_gpus else {}))
 
 
