@@ -55,8 +55,8 @@ def build_lr_scheduler(optimizer, cfg: TrainConfig, total_steps: int) -> torch.o
 
 
 def normalizer_of(batches: Iterable[PackedBatch], cfg: ObjectiveConfig) -> int:
-    """What the summed loss of an optimizer step is divided by: documents or scored tokens."""
-    return sum(b.num_documents if cfg.normalization == "document" else b.num_target_tokens for b in batches)
+    """What the summed loss of an optimizer step is divided by: documents or scored tokens (replay examples' included)."""
+    return sum(b.num_units[0 if cfg.normalization == "document" else 1] for b in batches)
 
 
 def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, scheduler, obj_cfg: ObjectiveConfig,
@@ -90,6 +90,19 @@ def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, sc
         "tokens": float(sum(b.student_input_ids.numel() + (b.teacher_input_ids.numel() if obj_cfg.needs_teacher else 0) for b in micro_batches)),
         "documents": float(sum(b.num_documents for b in micro_batches)),
     }
+
+
+def pack_with_replay(examples: list[DocumentExample], obj_cfg: ObjectiveConfig, replay_pool: list | None, documents_before: int,
+                     rank: int = 0, world_size: int = 1) -> PackedBatch:
+    """:func:`pack_batch`, plus the replay examples due after ``documents_before`` documents of this rank
+    (:func:`disc_ray.replay.replay_due`) when ``replay_pool`` is given."""
+    batch = pack_batch(examples, obj_cfg)
+    if replay_pool:
+        from disc_ray.replay import pack_replay_batch, replay_due, take_replay
+
+        first, count = replay_due(documents_before, len(examples), obj_cfg.replay_ratio)
+        batch.replay = pack_replay_batch(take_replay(replay_pool, first, count, rank, world_size), obj_cfg.normalization)
+    return batch
 
 
 def student_tokens(example: DocumentExample, obj_cfg: ObjectiveConfig) -> int:
@@ -207,6 +220,7 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
     For ``lora`` the student is wrapped with LoRA adapters first (:func:`disc_ray.lora.wrap_student_for_objective`, modifying
     ``student`` in place) and the export is merged; ``AdaptResult.model`` is the model that was trained."""
     from disc_ray.lora import parameter_counts, wrap_student_for_objective
+    from disc_ray.replay import build_replay_pool
 
     torch.manual_seed(train_cfg.seed)
     skipped_by_generation, counts = Counter(), None
@@ -223,6 +237,7 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
     log(f"[disc-ray] {corpus.summary()}")
     if not corpus.examples:
         raise ValueError(f"no trainable documents: {corpus.summary()}")
+    replay_pool = build_replay_pool(obj_cfg, tokenizer, max_length, model=student, log=log) if obj_cfg.replay else None
     teacher = build_teacher(student) if obj_cfg.needs_teacher else None
     student = wrap_student_for_objective(student, obj_cfg, train_cfg.seed)
     student.train()
@@ -238,7 +253,9 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
             if step >= total_steps:
                 break
             started = time.perf_counter()
-            batches = [pack_batch(m, obj_cfg) for m in micro[first : first + train_cfg.grad_accum_steps]]
+            batches = []
+            for m in micro[first : first + train_cfg.grad_accum_steps]:
+                batches.append(pack_with_replay(m, obj_cfg, replay_pool, documents_seen + sum(b.num_documents for b in batches)))
             metrics = train_step(student, teacher, batches, optimizer, scheduler, obj_cfg, train_cfg.max_grad_norm)
             step += 1
             documents_seen += int(metrics["documents"])

@@ -38,6 +38,7 @@ OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora", "rephrase", "cd_base")
 GENERATION_TASKS = {"rephrase": "rephrase", "cd_base": "continue"}
 """The objectives that train on generated text, and what they generate (:data:`disc_ray.data.generation.TASKS`)."""
 NORMALIZATIONS = ("document", "token")
+TEACHER_OBJECTIVES = ("disc", "ft_kl", "cd_base")  # a KL to the initial model on the documents' tokens
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ class ObjectiveConfig:
     """``cd_base`` only: the continuation is cut to its first this many tokens (the paper: 1000)."""
     generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     """``rephrase`` / ``cd_base`` only: engine, sampling, cache (:class:`disc_ray.data.generation.GenerationSettings`)."""
+    replay: str = ""
+    """Replay for any objective (:mod:`disc_ray.replay`): a JSONL of chat examples, ``self`` (the initial model's
+    responses to general prompts, generated once and cached) or empty (off)."""
+    replay_ratio: float = 0.25
+    """Replay examples mixed in per adaptation document."""
+    replay_kl_weight: float = 0.0
+    """Weight of KL(initial model || student) (T=1) added to the replay examples' CE (replay examples only)."""
+    replay_prompts: str | None = None
+    """``replay: self`` only: a JSONL of ``{"prompt": ...}`` (default: :data:`disc_ray.replay.REPLAY_PROMPTS`)."""
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -94,10 +104,13 @@ class ObjectiveConfig:
         if self.cd_base_temperature <= 0 or self.max_transfer_tokens < 2:
             raise ValueError(f"objective.cd_base_temperature must be > 0 and objective.max_transfer_tokens >= 2, got "
                              f"{self.cd_base_temperature}, {self.max_transfer_tokens}")
+        if self.replay_ratio <= 0 or self.replay_kl_weight < 0:
+            raise ValueError(f"objective.replay_ratio must be > 0 and objective.replay_kl_weight >= 0, got {self.replay_ratio}, "
+                             f"{self.replay_kl_weight}")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.name in ("disc", "ft_kl", "cd_base")
+        return self.name in TEACHER_OBJECTIVES or bool(self.replay and self.replay_kl_weight > 0)
 
     @property
     def packs_splits(self) -> bool:
@@ -134,9 +147,16 @@ class PackedBatch:
     num_documents: int
     num_target_tokens: int
     row_documents: torch.Tensor | None = None  # [N] long: each scored row's document index in the batch (0..D-1)
+    replay: "PackedBatch | None" = None  # replay examples trained with this batch (disc_ray/replay.py)
+
+    @property
+    def num_units(self) -> tuple[int, int]:
+        """``(documents, scored tokens)`` the step's normaliser counts: this batch's plus its replay examples'."""
+        extra = (self.replay.num_documents, self.replay.num_target_tokens) if self.replay is not None else (0, 0)
+        return self.num_documents + extra[0], self.num_target_tokens + extra[1]
 
     def to(self, device) -> "PackedBatch":
-        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
+        moved = {k: (v.to(device) if torch.is_tensor(v) or isinstance(v, PackedBatch) else v) for k, v in self.__dict__.items()}
         return PackedBatch(**moved)
 
 
@@ -365,16 +385,16 @@ def compute_teacher_hidden(teacher, batch: PackedBatch) -> torch.Tensor:
 def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, normalizer: float | None = None) -> LossOutput:
     """The configured objective on one packed batch.
 
-    ``normalizer`` is what the summed loss is divided by: the global number of documents
-    (``document`` normalization) or scored tokens (``token``) in the optimizer step, so the gradient
+    ``normalizer`` is what the summed loss is divided by: the global number of documents (replay examples
+    included) (``document`` normalization) or scored tokens (``token``) in the optimizer step, so the gradient
     does not depend on how documents are spread over micro-batches and ranks. Defaults to this batch's.
     """
     if normalizer is None:
-        normalizer = batch.num_documents if cfg.normalization == "document" else batch.num_target_tokens
+        normalizer = batch.num_units[0 if cfg.normalization == "document" else 1]
     student_hidden = last_hidden_states(student, batch.student_input_ids, batch.student_position_ids)
     student_hidden = student_hidden.index_select(0, batch.student_positions)
     teacher_hidden = teacher_weight = None
-    if cfg.needs_teacher:
+    if cfg.name in TEACHER_OBJECTIVES:
         teacher_hidden = compute_teacher_hidden(teacher, batch)
         teacher_weight = output_head(teacher).weight.detach()
     if cfg.name == "disc":
@@ -400,6 +420,10 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
         chunk_size=cfg.chunk_size, softcap=head.softcap, logit_scale=head.logit_scale, **scales,
     )
     ce_sum, kl_sum = stats.tolist()
+    if batch.replay is not None:  # CE (+ KL) on the replay examples' responses (disc_ray/replay.py)
+        from disc_ray.replay import compute_replay_loss
+
+        loss_sum = loss_sum + compute_replay_loss(student, teacher, batch.replay, cfg)
     if plain_ce_sum is not None:  # talr logs the plain CE (comparable with ft's); its loss is the weighted one
         ce_sum = plain_ce_sum
     return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,

@@ -35,9 +35,10 @@ from pathlib import Path
 REPHRASE_SYSTEM = "You are a helpful writing assistant."
 REPHRASE_USER = ("Rewrite the following article in your own words. Keep every fact, name and number; do not add "
                  "anything.\n\nArticle:\n{document}")
-TASKS = ("rephrase", "continue")
+TASKS = ("rephrase", "continue", "respond")
 """``rephrase``: chat prompt (system :data:`REPHRASE_SYSTEM`, user :data:`REPHRASE_USER`); ``continue``: the
-document itself as a plain prompt (with the tokenizer's special prefix), the model writes what comes next."""
+document itself as a plain prompt (with the tokenizer's special prefix), the model writes what comes next;
+``respond``: the "document" is a user message (self-generated replay, :mod:`disc_ray.replay`)."""
 BACKENDS = ("hf", "vllm")
 TRUNCATED_POLICIES = ("keep", "skip")
 DEFAULT_CACHE_DIR = "~/.cache/disc-ray/generations"
@@ -98,6 +99,8 @@ def build_prompt(task: str, document: str):
         return [{"role": "system", "content": REPHRASE_SYSTEM}, {"role": "user", "content": REPHRASE_USER.format(document=document)}]
     if task == "continue":
         return document
+    if task == "respond":
+        return [{"role": "user", "content": document}]
     raise ValueError(f"unknown generation task {task!r}; choose from {list(TASKS)}")
 
 
