@@ -201,9 +201,11 @@ def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_spl
     """What decides the rows' content: a processed folder is reused only when this matches."""
     from disc_ray.segmentation import VERSION
 
-    return {"tokenizer": tokenizer_source, "segmentation": VERSION, "max_length": data_cfg.max_length, "with_splits": with_splits,
-            "split": dataclasses.asdict(split_cfg) if with_splits else None,
-            "generation": generation.fingerprint() if generation else None}
+    fingerprint = {"tokenizer": tokenizer_source, "segmentation": VERSION, "max_length": data_cfg.max_length, "with_splits": with_splits,
+                   "split": dataclasses.asdict(split_cfg) if with_splits else None}
+    if generation is not None:  # absent otherwise, so rows processed before the generation stage existed still match
+        fingerprint["generation"] = generation.fingerprint()
+    return fingerprint
 
 
 def load_processed_dataset(path: str, expect: dict | None = None) -> tuple[ray.data.Dataset, DataReport]:
