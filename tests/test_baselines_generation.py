@@ -205,3 +205,36 @@ def test_ray_data_stage_caches_counts_and_builds_transfer_rows(local_ray, tiny_m
     rows = dataset.take_all()
     assert len(rows) == 2 and all(len(r["split_starts"]) == 1 and r["split_ends"][0] == len(r["input_ids"]) and
                                   r["split_ends"][0] - r["split_starts"][0] == 4 for r in rows)
+
+
+@pytest.mark.parametrize("task", ["rephrase", "continue"])
+def test_pipeline_udfs_in_process_give_rows_of_the_generated_text_and_rejects_for_empty(tiny_model_dir, tokenizer, tmp_path, task):
+    """GenerateBlock then prepare_block (the Ray Data stages' functions, called here without Ray): rephrase rows are the
+    rewrite's tokens, continue rows document + continuation with one split; a reject before the stage stays a reject."""
+    import pyarrow as pa
+
+    from disc_ray.data.cleaning import CLEAN_SCHEMA
+    from disc_ray.data.generation import GenerateBlock, GenerationPlan
+    from disc_ray.data.prepare import prepare_block
+
+    texts = ["The pancreas makes insulin. Insulin lowers glucose.", None]
+    rows = [dict(text=t, source="c.jsonl", row=i, line=i + 1, file_index=0, reason="" if t else "not_text", detail="",
+                 preview="", doc_id=str(i), doc_hash=i, order_key=i, unicode_normalized=False, whitespace_collapsed=False)
+            for i, t in enumerate(texts)]
+    block = pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA)
+    plan = GenerationPlan(task, GenerationSettings(max_new_tokens=6, cache_dir=str(tmp_path / "cache")), str(tiny_model_dir), 4)
+    generated = GenerateBlock(plan, {"normalize_unicode": "NFKC", "collapse_whitespace": True})(block)
+    assert generated.column("generation_cached").to_pylist() == [False, None]
+    out = prepare_block(generated, tokenizer_source=str(tiny_model_dir), split={}, max_length=2048, with_splits=False, strict=False,
+                        line_based=False, threads=1, max_transfer_tokens=4).to_pylist()
+    kept, rejected = [r for r in out if r["status"] == "kept"], [r for r in out if r["status"] == "rejected"]
+    assert len(kept) == 1 and [r["reason"] for r in rejected] == ["not_text"] and rejected[0]["generation_cached"] is None
+    document_ids = tokenizer(texts[0], add_special_tokens=False).input_ids
+    if task == "rephrase":
+        rewrite = generated.column("text").to_pylist()[0]
+        assert rewrite != texts[0] and kept[0]["input_ids"][-len(tokenizer(rewrite, add_special_tokens=False).input_ids):] \
+            == tokenizer(rewrite, add_special_tokens=False).input_ids and not kept[0]["split_starts"]
+    else:
+        assert kept[0]["input_ids"][: len(document_ids)] == document_ids and kept[0]["split_starts"] == [len(document_ids)]
+        assert kept[0]["split_ends"] == [len(document_ids) + 4] == [len(kept[0]["input_ids"])]
+    assert kept[0]["generation_truncated"] is True

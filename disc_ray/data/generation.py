@@ -338,7 +338,9 @@ class GenerateBlock:
                 c["text"][i] = generation.text
             else:
                 continuation[i] = generation.text
-        c.update(continuation=continuation, generation_cached=cached, generation_truncated=truncated)
-        schema = block.schema.append(pa.field("continuation", pa.string())).append(pa.field("generation_cached", pa.bool_())) \
-            .append(pa.field("generation_truncated", pa.bool_()))
+        c.update(generation_cached=cached, generation_truncated=truncated)
+        schema = block.schema.append(pa.field("generation_cached", pa.bool_())).append(pa.field("generation_truncated", pa.bool_()))
+        if self.plan.task == "continue":  # its presence makes the prepare stage build transfer rows
+            c["continuation"] = continuation
+            schema = schema.append(pa.field("continuation", pa.string()))
         return pa.Table.from_pydict(c, schema=schema)
