@@ -61,20 +61,23 @@ def normalizer_of(batches: Iterable[PackedBatch], cfg: ObjectiveConfig) -> int:
 
 def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, scheduler, obj_cfg: ObjectiveConfig,
                max_grad_norm: float = 0.0, normalizer: float | None = None) -> dict[str, float]:
-    """One optimizer step over ``micro_batches``; returns loss, kl, ce, grad_norm, lr, tokens, documents.
+    """One optimizer step over ``micro_batches``; returns loss, kl, ce, replay_loss, grad_norm, lr, tokens, documents.
+    ``ce``, ``kl`` and ``replay_loss`` are the terms of ``loss`` (each divided by ``normalizer``; with replay the
+    normaliser counts replay examples too, so ``ce`` is then the documents' share of ``loss``, not their mean CE).
 
     ``normalizer`` is the step's global document (or token) count; under data parallelism the caller
     all-reduces it so every rank divides by the same number.
     """
     if normalizer is None:
         normalizer = normalizer_of(micro_batches, obj_cfg)
-    loss = ce_sum = kl_sum = 0.0
+    loss = ce_sum = kl_sum = replay_sum = 0.0
     for batch in micro_batches:
         out = compute_loss(student, teacher, batch, obj_cfg, normalizer)
         out.loss.backward()
         loss += out.loss.item()
         ce_sum += out.ce_sum
         kl_sum += out.kl_sum
+        replay_sum += out.replay_sum
     params = [p for p in student.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     lr = optimizer.param_groups[0]["lr"]
@@ -85,6 +88,7 @@ def train_step(student, teacher, micro_batches: list[PackedBatch], optimizer, sc
         "loss": loss,
         "ce": ce_sum / normalizer,
         "kl": kl_sum / normalizer,
+        "replay_loss": replay_sum / normalizer,
         "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
         "lr": lr,
         "tokens": float(sum(b.student_input_ids.numel() + (b.teacher_input_ids.numel() if obj_cfg.needs_teacher else 0) for b in micro_batches)),
@@ -282,6 +286,8 @@ def format_progress(metrics: dict[str, float], total_steps: int) -> str:
         parts.append(f"kl {metrics['kl']:.4f}")
     if metrics.get("ce"):
         parts.append(f"ce {metrics['ce']:.4f}")
+    if metrics.get("replay_loss"):
+        parts.append(f"replay {metrics['replay_loss']:.4f}")
     parts += [f"grad_norm {metrics['grad_norm']:.3f}", f"lr {metrics['lr']:.2e}",
               f"docs {int(metrics['documents_seen'])}", f"{metrics.get('tokens_per_s', 0):.0f} tok/s"]
     return "[disc-ray] " + " | ".join(parts)

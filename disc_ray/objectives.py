@@ -373,6 +373,7 @@ class LossOutput:
     kl_sum: float  # same for T^2 * KL
     num_documents: int
     num_target_tokens: int
+    replay_sum: float = 0.0  # same for the replay examples' CE (+ weighted KL) (disc_ray/replay.py)
 
 
 def compute_teacher_hidden(teacher, batch: PackedBatch) -> torch.Tensor:
@@ -423,11 +424,12 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
     if batch.replay is not None:  # CE (+ KL) on the replay examples' responses (disc_ray/replay.py)
         from disc_ray.replay import compute_replay_loss
 
-        loss_sum = loss_sum + compute_replay_loss(student, teacher, batch.replay, cfg)
+        replay_sum = compute_replay_loss(student, teacher, batch.replay, cfg)
+        loss_sum = loss_sum + replay_sum
     if plain_ce_sum is not None:  # talr logs the plain CE (comparable with ft's); its loss is the weighted one
         ce_sum = plain_ce_sum
-    return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,
-                      num_documents=batch.num_documents, num_target_tokens=batch.num_target_tokens)
+    return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum, num_documents=batch.num_documents,
+                      num_target_tokens=batch.num_target_tokens, replay_sum=float(replay_sum.detach()) if batch.replay is not None else 0.0)
 
 
 # --------------------------------------------------------------------------- references (slow, for verification)

@@ -250,12 +250,12 @@ def run_step(worker: Worker, micro: list, cfg: AdaptConfig, epoch: int) -> dict:
     (global_units,) = all_reduce_sum([normalizer_of(micro, cfg.objective)], device)
     metrics = train_step(app.model, worker.teacher, micro, app.optimizer, app.scheduler, cfg.objective,
                          cfg.train.max_grad_norm, normalizer=global_units)
-    loss, ce, kl, tokens, documents = all_reduce_sum(
-        [metrics["loss"], metrics["ce"], metrics["kl"], metrics["tokens"], metrics["documents"]], device)
+    loss, ce, kl, replay_loss, tokens, documents = all_reduce_sum(
+        [metrics["loss"], metrics["ce"], metrics["kl"], metrics["replay_loss"], metrics["tokens"], metrics["documents"]], device)
     state.update(step=state["step"] + 1, epoch=epoch, batches_in_epoch=state["batches_in_epoch"] + len(micro),
                  documents_seen=state["documents_seen"] + int(documents))
     step_time_s = time.perf_counter() - started
-    metrics.update(loss=loss, ce=ce, kl=kl, tokens=tokens, documents=documents, step=state["step"], epoch=epoch,
+    metrics.update(loss=loss, ce=ce, kl=kl, replay_loss=replay_loss, tokens=tokens, documents=documents, step=state["step"], epoch=epoch,
                    documents_seen=state["documents_seen"], step_time_s=step_time_s, tokens_per_s=tokens / step_time_s)
     return metrics
 

@@ -93,5 +93,7 @@ def test_self_replay_is_generated_once_then_cached_and_trained_on(tiny_model, to
     plain = run_adaptation(copy.deepcopy(tiny_model), tokenizer, documents, obj_cfg=ObjectiveConfig(name="ft"),
                            train_cfg=TrainConfig(batch_size=2), log=lambda *_: None)
     with_replay = run_adaptation(tiny_model, tokenizer, documents, obj_cfg=cfg, train_cfg=TrainConfig(batch_size=2), log=lambda *_: None)
-    assert with_replay.history[0]["documents"] == 2 and with_replay.history[0]["loss"] > 0
+    step = with_replay.history[0]
+    assert step["documents"] == 2 and step["replay_loss"] > 0 and plain.history[0]["replay_loss"] == 0
+    assert step["loss"] == pytest.approx(step["ce"] + step["replay_loss"], rel=1e-5)  # the terms add up to the loss
     assert abs(plain.history[0]["loss"] - with_replay.history[0]["loss"]) > 1e-3  # same model, same documents: the replay
