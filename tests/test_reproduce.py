@@ -94,7 +94,7 @@ def test_methods_flag_accepts_every_objective_and_rejects_others(tmp_path, capsy
     from disc_ray.reproduce import ALL_METHODS, PRESETS, main, parse_methods, sweep_file
 
     assert parse_methods("disc,ft,ft_kl,lora,talr") == ("disc", "ft", "ft_kl", "lora", "talr")
-    assert set(ALL_METHODS) == {"disc", "ft", "ft_kl", "lora", "talr"}
+    assert set(ALL_METHODS) == {"disc", "ft", "ft_kl", "lora", "talr", "rephrase", "cd_base"}
     from disc_ray.tuning.space import parse_sweep
 
     (tmp_path / "c.jsonl").write_text("{}\n")
@@ -104,7 +104,7 @@ def test_methods_flag_accepts_every_objective_and_rejects_others(tmp_path, capsy
     for bad in ("disc,sft", "ft,ft", ""):
         with pytest.raises(ValueError, match="--methods"):
             parse_methods(bad)
-    assert main(["--quick", "--methods", "disc,rephrase", "--out", str(tmp_path)]) == 2
+    assert main(["--quick", "--methods", "disc,sft", "--out", str(tmp_path)]) == 2
     assert "--methods" in capsys.readouterr().err
 
 
