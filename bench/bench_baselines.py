@@ -7,7 +7,12 @@ model and the same BioASQ passages. The methods take turns document by document 
 the machine's load hits them alike) and each method's time is the median over rounds of its mean per document.
 Prints ratios to ``ft``, never asserts times.
 
+``--generation``: instead, the generation stage's cost per document for ``rephrase`` (the rewrite) and ``cd_base``
+(the continuation): the ``hf`` engine on this machine's CPU, sampling as the baselines do (T=1, top_p 0.95), a cold
+cache, then the same documents again (all from the cache).
+
     python bench/bench_baselines.py [--documents 12] [--rounds 3] [--threads 2] [--json FILE]
+    python bench/bench_baselines.py --generation [--documents 4] [--max-new-tokens 256]
 """
 
 from __future__ import annotations
@@ -63,6 +68,26 @@ def step_seconds(run, example) -> float:
     return time.perf_counter() - started
 
 
+def generation_cost(model_name: str, passages: list[str], max_new_tokens: int) -> dict:
+    """Seconds and generated tokens per document for each generation task, cold cache then warm."""
+    import tempfile
+
+    from disc_ray.data.generation import GenerationCounts, GenerationSettings, generate_for_documents, load_generation_backend
+    from disc_ray.models import resolve_model_source
+
+    source = resolve_model_source(model_name)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="disc-ray-bench-gen-") as cache:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, cache_dir=cache)
+        backend = load_generation_backend(source, settings)
+        for task in ("rephrase", "continue"):
+            for phase in ("cold", "warm"):
+                counts = GenerationCounts()
+                generate_for_documents(passages, backend, task, settings, "bench", progress=False, counts=counts)
+                figures[f"{task}_{phase}"] = dict(counts.as_dict(), seconds_per_document=counts.seconds / len(passages))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=12)
@@ -70,10 +95,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    parser.add_argument("--generation", action="store_true", help="measure the generation stage (rephrase / cd_base) instead")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
     from disc_ray.models import load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
+    if args.generation:
+        figures = generation_cost(args.model, load_passages(args.documents), args.max_new_tokens)
+        print(f"model={args.model} documents={args.documents} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}; "
+              "hf engine, T=1, top_p 0.95")
+        for name, f in figures.items():
+            print(f"{name:<16} {f['seconds_per_document']:7.2f} s/document  generated {f['generated']} cached {f['cached']} "
+                  f"tokens {f['generated_tokens']} truncated {f['truncated']} empty {f['empty']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+        return
     model, tokenizer = load_model_and_tokenizer(args.model)
     passages = load_passages(args.documents)
     runs = build_runs(model, tokenizer, passages)

@@ -1,7 +1,11 @@
-"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` / ``talr`` / ``lora`` baselines. Plain torch, no Ray.
+"""Training objectives: DiSC (packed, chunked) and the ``ft`` / ``ft_kl`` / ``talr`` / ``lora`` / ``rephrase`` / ``cd_base``
+baselines. Plain torch, no Ray.
 
 ``talr`` (token-adaptive loss reweighting) lives in :mod:`disc_ray.talr`; ``lora`` is ``ft``'s cross-entropy
-through PEFT LoRA adapters (:mod:`disc_ray.lora` wraps the student; the loss here is ``ft``'s).
+through PEFT LoRA adapters (:mod:`disc_ray.lora` wraps the student; the loss here is ``ft``'s). ``rephrase`` is
+``ft``'s cross-entropy on the initial model's rewrite of each document, and ``cd_base`` DiSC's packed KL on rows
+whose one split is a generated continuation and whose teacher prefix is the whole document; both get their text from
+the generation stage (:mod:`disc_ray.data.generation`), so the losses here are ``ft``'s and ``disc``'s.
 
 DiSC for one split ``[s, e)`` of a document ``x``: the frozen teacher reads ``x[:e]``, the student
 reads ``x[s:e]`` alone, and the loss is ``T^2 * KL(teacher/T || student/T)`` on the split's tokens
@@ -19,17 +23,22 @@ gradients chunk by chunk, so no ``[tokens, vocab]`` tensor for the whole batch e
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from disc_ray.data.generation import GenerationSettings
 from disc_ray.model_check import OutputHead, output_head, packed_attention_kwargs
 from disc_ray.models import sdpa_without_cudnn
 from disc_ray.splits import DocumentExample
 
-OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora")
+OBJECTIVES = ("disc", "ft", "ft_kl", "talr", "lora", "rephrase", "cd_base")
+GENERATION_TASKS = {"rephrase": "rephrase", "cd_base": "continue"}
+"""The objectives that train on generated text, and what they generate (:data:`disc_ray.data.generation.TASKS`)."""
 NORMALIZATIONS = ("document", "token")
+TEACHER_OBJECTIVES = ("disc", "ft_kl", "cd_base")  # a KL to the initial model on the documents' tokens
 
 
 @dataclass(frozen=True)
@@ -38,8 +47,9 @@ class ObjectiveConfig:
 
     name: str = "disc"
     """``disc`` (default), ``ft`` (next-token cross-entropy), ``ft_kl`` (CE + beta * KL to the initial model),
-    ``talr`` (CE with token-adaptive weights, :mod:`disc_ray.talr`) or ``lora`` (CE through LoRA adapters on a
-    frozen base, merged into the export: :mod:`disc_ray.lora`)."""
+    ``talr`` (CE with token-adaptive weights, :mod:`disc_ray.talr`), ``lora`` (CE through LoRA adapters on a
+    frozen base, merged into the export: :mod:`disc_ray.lora`), ``rephrase`` (CE on the initial model's rewrite of each
+    document) or ``cd_base`` (KL to the initial model on a continuation it wrote, the teacher reading the document first)."""
     temperature: float = 2.0
     """DiSC softmax temperature T; the KL is multiplied by T^2."""
     ft_kl_beta: float = 0.1
@@ -58,6 +68,21 @@ class ObjectiveConfig:
     lora_target_modules: str = "all-linear"
     """``lora`` only: PEFT ``target_modules``: ``all-linear`` (every linear layer but the output head, as the released
     code) or a comma-separated list of module names (``q_proj,v_proj``)."""
+    cd_base_temperature: float = 1.0
+    """``cd_base`` only: softmax temperature T of its KL (times T^2), 1.0 as the paper's baseline."""
+    max_transfer_tokens: int = 1000
+    """``cd_base`` only: the continuation is cut to its first this many tokens (the paper: 1000)."""
+    generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
+    """``rephrase`` / ``cd_base`` only: engine, sampling, cache (:class:`disc_ray.data.generation.GenerationSettings`)."""
+    replay: str = ""
+    """Replay for any objective (:mod:`disc_ray.replay`): a JSONL of chat examples, ``self`` (the initial model's
+    responses to general prompts, generated once and cached) or empty (off)."""
+    replay_ratio: float = 0.25
+    """Replay examples mixed in per adaptation document."""
+    replay_kl_weight: float = 0.0
+    """Weight of KL(initial model || student) (T=1) added to the replay examples' CE (replay examples only)."""
+    replay_prompts: str | None = None
+    """``replay: self`` only: a JSONL of ``{"prompt": ...}`` (default: :data:`disc_ray.replay.REPLAY_PROMPTS`)."""
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -76,10 +101,26 @@ class ObjectiveConfig:
             raise ValueError(f"objective.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_target_modules.strip():
             raise ValueError("objective.lora_target_modules must not be empty")
+        if self.cd_base_temperature <= 0 or self.max_transfer_tokens < 2:
+            raise ValueError(f"objective.cd_base_temperature must be > 0 and objective.max_transfer_tokens >= 2, got "
+                             f"{self.cd_base_temperature}, {self.max_transfer_tokens}")
+        if self.replay_ratio <= 0 or self.replay_kl_weight < 0:
+            raise ValueError(f"objective.replay_ratio must be > 0 and objective.replay_kl_weight >= 0, got {self.replay_ratio}, "
+                             f"{self.replay_kl_weight}")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.name in ("disc", "ft_kl")
+        return self.name in TEACHER_OBJECTIVES or bool(self.replay and self.replay_kl_weight > 0)
+
+    @property
+    def packs_splits(self) -> bool:
+        """Rows carry splits the student reads alone (``disc``; ``cd_base``: the continuation): DiSC's packing."""
+        return self.name in ("disc", "cd_base")
+
+    @property
+    def generation_task(self) -> str | None:
+        """What the generation stage writes for this objective (None: no generation)."""
+        return GENERATION_TASKS.get(self.name)
 
 
 # --------------------------------------------------------------------------- packing
@@ -106,9 +147,16 @@ class PackedBatch:
     num_documents: int
     num_target_tokens: int
     row_documents: torch.Tensor | None = None  # [N] long: each scored row's document index in the batch (0..D-1)
+    replay: "PackedBatch | None" = None  # replay examples trained with this batch (disc_ray/replay.py)
+
+    @property
+    def num_units(self) -> tuple[int, int]:
+        """``(documents, scored tokens)`` the step's normaliser counts: this batch's plus its replay examples'."""
+        extra = (self.replay.num_documents, self.replay.num_target_tokens) if self.replay is not None else (0, 0)
+        return self.num_documents + extra[0], self.num_target_tokens + extra[1]
 
     def to(self, device) -> "PackedBatch":
-        moved = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
+        moved = {k: (v.to(device) if torch.is_tensor(v) or isinstance(v, PackedBatch) else v) for k, v in self.__dict__.items()}
         return PackedBatch(**moved)
 
 
@@ -150,8 +198,8 @@ def pack_disc_batch(examples: list[DocumentExample], normalization: str = "docum
 
 
 def pack_lm_batch(examples: list[DocumentExample], normalization: str = "document") -> PackedBatch:
-    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``, ``talr``, ``lora``); teacher and student rows
-    are the same."""
+    """Pack whole documents for next-token prediction (``ft``, ``ft_kl``, ``talr``, ``lora``, ``rephrase``); teacher and
+    student rows are the same."""
     ids, pos, rows, targets, weights, documents = [], [], [], [], [], []
     for index, example in enumerate(examples):
         offset, n = len(ids), len(example.input_ids)
@@ -173,7 +221,7 @@ def pack_lm_batch(examples: list[DocumentExample], normalization: str = "documen
 
 
 def pack_batch(examples: list[DocumentExample], cfg: ObjectiveConfig) -> PackedBatch:
-    return pack_disc_batch(examples, cfg.normalization) if cfg.name == "disc" else pack_lm_batch(examples, cfg.normalization)
+    return pack_disc_batch(examples, cfg.normalization) if cfg.packs_splits else pack_lm_batch(examples, cfg.normalization)
 
 
 # --------------------------------------------------------------------------- chunked projection + divergence
@@ -325,6 +373,7 @@ class LossOutput:
     kl_sum: float  # same for T^2 * KL
     num_documents: int
     num_target_tokens: int
+    replay_sum: float = 0.0  # same for the replay examples' CE (+ weighted KL) (disc_ray/replay.py)
 
 
 def compute_teacher_hidden(teacher, batch: PackedBatch) -> torch.Tensor:
@@ -337,21 +386,23 @@ def compute_teacher_hidden(teacher, batch: PackedBatch) -> torch.Tensor:
 def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, normalizer: float | None = None) -> LossOutput:
     """The configured objective on one packed batch.
 
-    ``normalizer`` is what the summed loss is divided by: the global number of documents
-    (``document`` normalization) or scored tokens (``token``) in the optimizer step, so the gradient
+    ``normalizer`` is what the summed loss is divided by: the global number of documents (replay examples
+    included) (``document`` normalization) or scored tokens (``token``) in the optimizer step, so the gradient
     does not depend on how documents are spread over micro-batches and ranks. Defaults to this batch's.
     """
     if normalizer is None:
-        normalizer = batch.num_documents if cfg.normalization == "document" else batch.num_target_tokens
+        normalizer = batch.num_units[0 if cfg.normalization == "document" else 1]
     student_hidden = last_hidden_states(student, batch.student_input_ids, batch.student_position_ids)
     student_hidden = student_hidden.index_select(0, batch.student_positions)
     teacher_hidden = teacher_weight = None
-    if cfg.needs_teacher:
+    if cfg.name in TEACHER_OBJECTIVES:
         teacher_hidden = compute_teacher_hidden(teacher, batch)
         teacher_weight = output_head(teacher).weight.detach()
     if cfg.name == "disc":
         scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.temperature)
-    elif cfg.name in ("ft", "talr", "lora"):
+    elif cfg.name == "cd_base":
+        scales = dict(ce_scale=0.0, kl_scale=1.0, temperature=cfg.cd_base_temperature)
+    elif cfg.name in ("ft", "talr", "lora", "rephrase"):
         scales = dict(ce_scale=1.0, kl_scale=0.0, temperature=1.0)
     else:
         scales = dict(ce_scale=1.0, kl_scale=cfg.ft_kl_beta, temperature=cfg.ft_kl_temperature)
@@ -370,10 +421,15 @@ def compute_loss(student, teacher, batch: PackedBatch, cfg: ObjectiveConfig, nor
         chunk_size=cfg.chunk_size, softcap=head.softcap, logit_scale=head.logit_scale, **scales,
     )
     ce_sum, kl_sum = stats.tolist()
+    if batch.replay is not None:  # CE (+ KL) on the replay examples' responses (disc_ray/replay.py)
+        from disc_ray.replay import compute_replay_loss
+
+        replay_sum = compute_replay_loss(student, teacher, batch.replay, cfg)
+        loss_sum = loss_sum + replay_sum
     if plain_ce_sum is not None:  # talr logs the plain CE (comparable with ft's); its loss is the weighted one
         ce_sum = plain_ce_sum
-    return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum,
-                      num_documents=batch.num_documents, num_target_tokens=batch.num_target_tokens)
+    return LossOutput(loss=loss_sum / normalizer, ce_sum=ce_sum, kl_sum=kl_sum, num_documents=batch.num_documents,
+                      num_target_tokens=batch.num_target_tokens, replay_sum=float(replay_sum.detach()) if batch.replay is not None else 0.0)
 
 
 # --------------------------------------------------------------------------- references (slow, for verification)

@@ -43,9 +43,9 @@ from disc_ray.reporting import draw_error_bars, format_ci, format_number, markdo
 
 METHODS = ("ft", "ft_kl", "disc")
 """The methods the presets train (``--methods`` picks others)."""
-ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "disc")
+ALL_METHODS = ("ft", "ft_kl", "talr", "lora", "rephrase", "cd_base", "disc")
 """Every method ``--methods`` accepts, in the order tables and plots list them: the ``objective.name`` values
-(``talr``: token-adaptive loss reweighting, ``lora``: CE through merged LoRA adapters; see the README)."""
+(``talr``: token-adaptive loss reweighting, ``lora``: CE through merged LoRA adapters; ``rephrase``: CE on the model's own rewrite; ``cd_base``: context distillation on its own continuation; see the README)."""
 DOMAIN_METRICS = {"prob": "domain_mcq.prob_correct", "ll_norm": "domain_mcq.accuracy_ll_norm",
                   "ll": "domain_mcq.accuracy_ll", "gen": "domain_mcq.accuracy_gen"}
 """What the rule maximises. ``prob`` (default): the probability on the correct option (softmax over the options'
@@ -86,7 +86,7 @@ class ReproduceConfig:
     model: str | None = None
     """The model to adapt (null: the preset's ``model.name_or_path``, the embedded SmolLM2-135M-Instruct)."""
     methods: tuple[str, ...] = ()
-    """Methods to train, comma separated, from ft, ft_kl, talr, lora, disc (empty: the preset's ft, ft_kl, disc)."""
+    """Methods to train, comma separated, from ft, ft_kl, talr, lora, rephrase, cd_base, disc (empty: the preset's ft, ft_kl, disc)."""
     lrs: tuple[float, ...] = ()
     """Learning rates, comma separated (empty: the preset's)."""
     seeds: tuple[int, ...] = ()

@@ -52,7 +52,8 @@ from torch.distributed.checkpoint.stateful import Stateful
 from disc_ray.config import AdaptConfig, build_dataclass, to_dict
 from disc_ray.console import configure_console, quiet_train_worker, ray_logging_level, train_log_level
 from disc_ray.loading import all_fsdp_modules, build_sharded_models, decoder_layers, resolve_teacher_dtype, shard_model  # noqa: F401
-from disc_ray.loop import build_lr_scheduler, build_optimizer, format_progress, group_by_token_budget, normalizer_of, train_step
+from disc_ray.loop import (build_lr_scheduler, build_optimizer, format_progress, group_by_token_budget, normalizer_of, pack_with_replay,
+                           train_step)
 from disc_ray.lora import parameter_counts, wrap_student_for_objective
 from disc_ray.objectives import pack_batch
 from disc_ray.records import load_jsonl
@@ -224,11 +225,18 @@ def restore_worker(worker: Worker, checkpoint: Checkpoint | None) -> None:
         print(f"[disc-ray] resumed from step {state['step']} (epoch {state['epoch']}, {state['batches_in_epoch']} batches in)", flush=True)
 
 
-def take_micro_batches(examples, cfg: AdaptConfig, device) -> list:
-    """Up to ``train.grad_accum_steps`` packed micro-batches from the ``examples`` iterator (fewer at its end)."""
+def take_micro_batches(examples, cfg: AdaptConfig, device, replay: dict | None = None) -> list:
+    """Up to ``train.grad_accum_steps`` packed micro-batches from the ``examples`` iterator (fewer at its end).
+    ``replay`` (``objective.replay``): ``pool``, ``rank``, ``world_size`` and this rank's ``documents`` so far, which
+    is advanced (:func:`disc_ray.loop.pack_with_replay`)."""
     micro = []
     for batch in examples:
-        micro.append(pack_batch(batch, cfg.objective).to(device))
+        if replay is None:
+            micro.append(pack_batch(batch, cfg.objective).to(device))
+        else:
+            micro.append(pack_with_replay(batch, cfg.objective, replay["pool"], replay["documents"], replay["rank"],
+                                          replay["world_size"]).to(device))
+            replay["documents"] += len(batch)
         if len(micro) == cfg.train.grad_accum_steps:
             break
     return micro
@@ -242,12 +250,12 @@ def run_step(worker: Worker, micro: list, cfg: AdaptConfig, epoch: int) -> dict:
     (global_units,) = all_reduce_sum([normalizer_of(micro, cfg.objective)], device)
     metrics = train_step(app.model, worker.teacher, micro, app.optimizer, app.scheduler, cfg.objective,
                          cfg.train.max_grad_norm, normalizer=global_units)
-    loss, ce, kl, tokens, documents = all_reduce_sum(
-        [metrics["loss"], metrics["ce"], metrics["kl"], metrics["tokens"], metrics["documents"]], device)
+    loss, ce, kl, replay_loss, tokens, documents = all_reduce_sum(
+        [metrics["loss"], metrics["ce"], metrics["kl"], metrics["replay_loss"], metrics["tokens"], metrics["documents"]], device)
     state.update(step=state["step"] + 1, epoch=epoch, batches_in_epoch=state["batches_in_epoch"] + len(micro),
                  documents_seen=state["documents_seen"] + int(documents))
     step_time_s = time.perf_counter() - started
-    metrics.update(loss=loss, ce=ce, kl=kl, tokens=tokens, documents=documents, step=state["step"], epoch=epoch,
+    metrics.update(loss=loss, ce=ce, kl=kl, replay_loss=replay_loss, tokens=tokens, documents=documents, step=state["step"], epoch=epoch,
                    documents_seen=state["documents_seen"], step_time_s=step_time_s, tokens_per_s=tokens / step_time_s)
     return metrics
 
@@ -265,18 +273,26 @@ def report_step(worker: Worker, metrics: dict, with_checkpoint: bool) -> None:
         print(f"[disc-ray] checkpoint {name} saved (step {worker.app.loop['step']})", flush=True)
 
 
-def run_training_loop(worker: Worker, cfg: AdaptConfig, total_steps: int, run_dir: str | None) -> None:
-    """Epochs of optimizer steps from the restored loop position up to ``total_steps``; read top to bottom."""
+def run_training_loop(worker: Worker, cfg: AdaptConfig, total_steps: int, run_dir: str | None, replay_pool: list = ()) -> None:
+    """Epochs of optimizer steps from the restored loop position up to ``total_steps``; read top to bottom.
+    ``replay_pool``: ``(input_ids, response_start)`` pairs (``objective.replay``, tokenized on the driver)."""
     state = worker.app.loop
     restored_step = state["step"]  # the metrics log is cut back to this on the first write
     shard = ray.train.get_dataset_shard("train")
+    replay = None
+    if cfg.objective.replay:  # this rank's documents so far: exact with train.batch_size (equal shards), else an estimate
+        from disc_ray.replay import ReplayExample
+
+        world_size = ray.train.get_context().get_world_size()
+        replay = {"pool": [ReplayExample(*item) for item in replay_pool], "rank": worker.rank, "world_size": world_size,
+                  "documents": state["documents_seen"] // world_size}
     for epoch in range(state["epoch"], cfg.train.epochs):
         if state["step"] >= total_steps:
             break
         examples = iterate_examples(shard, cfg, skip_batches=state["batches_in_epoch"])
         exhausted = False
         while not exhausted and state["step"] < total_steps:
-            micro = take_micro_batches(examples, cfg, worker.device)
+            micro = take_micro_batches(examples, cfg, worker.device, replay)
             exhausted = len(micro) < cfg.train.grad_accum_steps
             # Every rank must take the same steps (FSDP collectives): stop when any rank has nothing.
             if all_reduce_min(len(micro), worker.device) == 0:
@@ -333,7 +349,7 @@ def train_loop_per_worker(config: dict) -> None:
         quiet_train_worker()
     worker = set_up_worker(cfg, config["model_source"], config["total_steps"])
     restore_worker(worker, checkpoint)
-    run_training_loop(worker, cfg, config["total_steps"], config["run_dir"])
+    run_training_loop(worker, cfg, config["total_steps"], config["run_dir"], config.get("replay_pool", ()))
     export_from_worker(worker, cfg)
 
 
@@ -382,7 +398,7 @@ def plan_total_steps(num_examples: int, cfg: AdaptConfig, student_tokens: int = 
 
 
 def build_trainer(cfg: AdaptConfig, dataset, total_steps: int, model_source: str, callbacks=(),
-                  verbose: bool = True) -> TorchTrainer:
+                  verbose: bool = True, replay_pool: list = ()) -> TorchTrainer:
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` on ``cfg.workers`` over ``dataset`` (rows of
     ``splits.example_to_row``); ``callbacks`` are Ray Train callbacks (a sweep trial's Tune report callback);
     ``verbose=False`` keeps Ray Train's INFO lines off the console (see ``disc_ray/console.py``)."""
@@ -393,7 +409,7 @@ def build_trainer(cfg: AdaptConfig, dataset, total_steps: int, model_source: str
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "total_steps": total_steps, "model_source": model_source, "run_dir": run_dir,
-                           "verbose": verbose},
+                           "verbose": verbose, "replay_pool": [(e.input_ids, e.response_start) for e in replay_pool]},
         scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if cfg.workers.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -437,18 +453,30 @@ def launch(cfg: AdaptConfig, *, model_source: str | None = None, callbacks=(), r
     # The exact loss, or one error line before anything starts (ModelCheckError is a ValueError).
     log(f"model check: {check_model_source(model_source, trust_remote_code=cfg.model.trust_remote_code).format()}")
     ensure_ray(cfg, verbose)
+    generation = None
+    if cfg.objective.generation_task:  # rephrase / cd_base: the initial model's text, generated (or cached) before training
+        from disc_ray.data.generation import GenerationPlan
+
+        generation = GenerationPlan(cfg.objective.generation_task, cfg.objective.generation, model_source, cfg.objective.max_transfer_tokens)
     dataset, report = build_training_dataset(cfg.data, cfg.split, with_splits=cfg.objective.name == "disc",
-                                             tokenizer=model_source)
+                                             tokenizer=model_source, generation=generation)
     log(f"data: {report.format()}")
     if report.examples == 0:
         raise ValueError(f"no trainable documents in {cfg.data.path}: {report.format()}")
     if report.examples < cfg.workers.num_workers:
         raise ValueError(f"{report.examples} training examples cannot feed {cfg.workers.num_workers} workers")
-    student_tokens = report.split_tokens + report.splits if cfg.objective.name == "disc" else report.tokens
+    student_tokens = report.split_tokens + report.splits if cfg.objective.packs_splits else report.tokens
     total_steps = plan_total_steps(report.examples, cfg, student_tokens)
     log(f"training {cfg.objective.name} on {cfg.workers.num_workers} worker(s) for {total_steps} steps; "
         f"run '{cfg.run.name}' in {cfg.run.resolved_storage_path()}")
-    result = build_trainer(cfg, dataset, total_steps, model_source, callbacks, verbose).fit()
+    replay_pool = []
+    if cfg.objective.replay:  # tokenized (``self``: generated, cached) once on the driver, sent to every worker
+        from disc_ray.models import load_tokenizer
+        from disc_ray.replay import build_replay_pool
+
+        replay_pool = build_replay_pool(cfg.objective, load_tokenizer(model_source), cfg.data.max_length, model_source=model_source,
+                                        log=lambda line: log(line.removeprefix("[disc-ray] ")))
+    result = build_trainer(cfg, dataset, total_steps, model_source, callbacks, verbose, replay_pool).fit()
     if result.error:
         raise result.error
     output_dir = Path(cfg.run.resolved_output_dir())

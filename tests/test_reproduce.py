@@ -102,7 +102,7 @@ def test_command_line_keys_reach_the_sweep_file(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "1e-4"], "unknown config key 'lr' (did you mean 'lrs'?)"),
     (["--preset", "fulll"], "unknown preset 'fulll' (did you mean 'full'?)"),
-    (["--quick", "--methods", "disc,rephrase"], "methods: expected distinct methods from ft,ft_kl,talr,lora,disc"),
+    (["--quick", "--methods", "disc,sft"], "methods: expected distinct methods from ft,ft_kl,talr,lora,rephrase,cd_base,disc"),
     (["--quick", "--methods", "ft,ft"], "methods: expected distinct methods"),
     (["--quick", "--domain-metric", "f1"], "domain_metric must be one of prob, ll_norm, ll, gen"),
     (["--quick", "--documents", "100000"], "fewer than the 100000 asked for"),

@@ -123,6 +123,10 @@ class DataReport:
     """Kept documents in which the segmenter found no sentence boundary, cut into token windows instead."""
     special_token_text: int = 0
     """Kept documents whose text holds a special token's string (e.g. ``<|im_end|>``), tokenized as text."""
+    generation: dict[str, int] = field(default_factory=dict)
+    """``rephrase`` / ``cd_base`` only (:mod:`disc_ray.data.generation`): documents ``generated`` now, taken from the
+    ``cached`` generations, ``empty`` (dropped), ``truncated`` (reached max_new_tokens: kept, or dropped under
+    ``on_truncated: skip``)."""
     output_dir: str = ""
     rejects_path: str = ""
     seconds: float = 0.0
@@ -155,6 +159,10 @@ class DataReport:
         ]
         lines.append(f"  segmentation: {self.token_window_fallback:,} documents without a sentence boundary cut into token windows; "
                      f"{self.special_token_text:,} documents hold special-token text (tokenized as text)")
+        if self.generation:
+            g = self.generation
+            lines.append(f"  generation: {g.get('generated', 0):,} documents generated, {g.get('cached', 0):,} from the cache; "
+                         f"{g.get('empty', 0):,} empty (dropped), {g.get('truncated', 0):,} reached max_new_tokens")
         if stats:
             lines.append("  tokens per example: " + ", ".join(f"{k} {v:,.0f}" if k != "mean" else f"{k} {v:,.1f}" for k, v in stats.items()))
         if self.dropped.get("missing_field", 0) == self.records_read > 0:

@@ -29,6 +29,8 @@ from disc_ray.splits import DocumentExample, SplitConfig, batch_to_examples
 if TYPE_CHECKING:  # Ray is imported where it is used
     import ray.data
 
+    from disc_ray.data.generation import GenerationPlan
+
 
 def _ensure_ray():
     import ray
@@ -86,20 +88,30 @@ def _prepare_args(cfg: DataConfig, plan: CorpusPlan, split_cfg: SplitConfig, wit
             "threads": max(1, int(cfg.num_cpus_per_worker)), "batch_rows": cfg.batch_rows}
 
 
-def _write_rows_on_ray(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path) -> None:
-    """read -> clean -> prepare as Ray Data tasks (one fused stage), streamed to ``out/status=*/*.parquet``."""
+def _write_rows_on_ray(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path,
+                       generation: GenerationPlan | None = None) -> None:
+    """read -> clean -> [generate] -> prepare as Ray Data tasks, streamed to ``out/status=*/*.parquet``."""
     rows = read_corpus(cfg, plan).map_batches(clean_block, batch_size=None, fn_kwargs=_clean_args(cfg, plan), **_map_args(cfg))
+    if generation is not None:
+        rows = _with_generation(rows, generation, cfg)
     rows = rows.map_batches(prepare_block, batch_size=None, fn_kwargs=prepare_args, **_map_args(cfg))
     _run_reporting_data_errors(rows.write_parquet, str(out), partition_cols=["status"])
 
 
-def _write_rows_in_process(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path) -> None:
+def _write_rows_in_process(cfg: DataConfig, plan: CorpusPlan, prepare_args: dict, out: Path,
+                           generation: GenerationPlan | None = None) -> None:
     """The same batch functions with the same arguments, applied here to each block in turn (one read unit per
     file, as on a one-CPU cluster); the rows are held in memory until written, so only for small corpora."""
+    generate = None
+    if generation is not None:
+        from disc_ray.data.generation import GenerateBlock
+
+        generate = GenerateBlock(plan=generation, cleaning=_generation_cleaning(cfg))
     tables = []
     for unit in _plan_read_units(plan, 1):
         for block in read_units(pa.Table.from_pylist([unit]), **_read_args(cfg, plan)):
-            tables.append(prepare_block(clean_block(block, **_clean_args(cfg, plan)), **prepare_args))
+            block = clean_block(block, **_clean_args(cfg, plan))
+            tables.append(prepare_block(generate(block) if generate else block, **prepare_args))
     rows = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
     if rows.num_rows:
         pq.write_to_dataset(rows, str(out), partition_cols=["status"])
@@ -159,13 +171,24 @@ def _summarize(out: Path, rejects_path: Path, report: DataReport, max_length: in
     """Count everything from the written rows (small columns only, streamed) and write the rejects file."""
     histogram = np.zeros(max_length + 1, dtype=np.int64)
     cleaned = {"unicode_normalized": 0, "whitespace_collapsed": 0}
+    generation = {"generated": 0, "cached": 0, "empty": 0, "truncated": 0}
+
+    def count_generation(cached, truncated) -> None:  # per document; None: not generated
+        if cached is not None:
+            generation["cached" if cached else "generated"] += 1
+            generation["truncated"] += bool(truncated)
+
     for path in _parquet_files(out / KEPT_DIR):
         for batch in pq.ParquetFile(path).iter_batches(columns=["num_tokens", "example_index", "split_starts", "split_ends",
                                                                  "unicode_normalized", "whitespace_collapsed", "token_windows",
-                                                                 "special_token_text"]):
+                                                                 "special_token_text", "generation_cached", "generation_truncated"]):
             tokens = batch.column("num_tokens").to_numpy()
             histogram += np.bincount(tokens, minlength=max_length + 1)[: max_length + 1]
             first = batch.column("example_index").to_numpy() == 0
+            for is_first, cached, truncated in zip(first, batch.column("generation_cached").to_pylist(),
+                                                   batch.column("generation_truncated").to_pylist()):
+                if is_first:
+                    count_generation(cached, truncated)
             report.documents_kept += int(first.sum())
             for rule in cleaned:
                 cleaned[rule] += int((batch.column(rule).to_numpy(zero_copy_only=False) & first).sum())
@@ -179,14 +202,18 @@ def _summarize(out: Path, rejects_path: Path, report: DataReport, max_length: in
     with rejects_path.open("w") as rejects:
         for path in _parquet_files(out / REJECTED_DIR):
             for batch in pq.ParquetFile(path).iter_batches(columns=["source", "row", "line", "reason", "detail", "preview",
-                                                                     "unicode_normalized", "whitespace_collapsed"]):
+                                                                     "unicode_normalized", "whitespace_collapsed",
+                                                                     "generation_cached", "generation_truncated"]):
                 for record in batch.to_pylist():
                     dropped[record["reason"]] = dropped.get(record["reason"], 0) + 1
+                    count_generation(record["generation_cached"], record["generation_truncated"])
+                    generation["empty"] += record["reason"] == "generation_empty"
                     for rule in cleaned:
                         cleaned[rule] += bool(record[rule])
                     rejects.write(json.dumps({"path": record["source"], "row": record["row"], "line": record["line"], "reason": record["reason"],
                                               "detail": record["detail"], "preview": record["preview"]}, ensure_ascii=False) + "\n")
     report.dropped = dict(sorted(dropped.items()))
+    report.generation = generation if generation["generated"] + generation["cached"] else {}
     report.cleaned = {rule: n for rule, n in cleaned.items() if n}
     report.records_read = report.documents_kept + sum(dropped.values())
     report.examples = int(histogram.sum())
@@ -207,12 +234,16 @@ def _read_kept_rows(out: Path) -> ray.data.Dataset:
     return ray.data.read_parquet(str(out / KEPT_DIR), columns=TRAIN_COLUMNS)
 
 
-def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bool, tokenizer_source: str) -> dict:
+def _pipeline_fingerprint(data_cfg: DataConfig, split_cfg: SplitConfig, with_splits: bool, tokenizer_source: str,
+                          generation: GenerationPlan | None = None) -> dict:
     """What decides the rows' content: a processed folder is reused only when this matches."""
     from disc_ray.segmentation import VERSION
 
-    return {"tokenizer": tokenizer_source, "segmentation": VERSION, "max_length": data_cfg.max_length, "with_splits": with_splits,
-            "split": dataclasses.asdict(split_cfg) if with_splits else None}
+    fingerprint = {"tokenizer": tokenizer_source, "segmentation": VERSION, "max_length": data_cfg.max_length, "with_splits": with_splits,
+                   "split": dataclasses.asdict(split_cfg) if with_splits else None}
+    if generation is not None:  # absent otherwise, so rows processed before the generation stage existed still match
+        fingerprint["generation"] = generation.fingerprint()
+    return fingerprint
 
 
 def _processed_report(out: Path, expect: dict | None) -> DataReport:
@@ -235,24 +266,30 @@ def load_processed_dataset(path: str, expect: dict | None = None) -> tuple[ray.d
 
 
 def process_corpus(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *, tokenizer: str | None = None,
-                   in_process: bool = False) -> DataReport:
+                   in_process: bool = False, generation: GenerationPlan | None = None) -> DataReport:
     """Run the whole pipeline once (read -> clean -> prepare -> write, then dedupe and counts) and return its
     report; the rows are in ``<report.output_dir>/status=kept``. ``in_process``: apply the pipeline's batch
     functions in this process instead of as Ray Data tasks (no Ray cluster; same rows and counts; the rows are
     held in memory, so for small corpora: ``disc-ray data inspect`` decides). A ``data.path`` of processed rows
     returns their stored report (raises DataError when they were made with other settings). ``tokenizer``,
-    ``data_cfg``: as in :func:`build_training_dataset`."""
+    ``data_cfg``, ``generation``: as in :func:`build_training_dataset`."""
     data_cfg = _as_data_config(data_cfg, tokenizer)
     started = time.perf_counter()
     plan = plan_corpus(data_cfg)
     tokenizer_source = _resolve_tokenizer(data_cfg.tokenizer)
-    fingerprint = _pipeline_fingerprint(data_cfg, split_cfg, with_splits, tokenizer_source)
+    if generation is not None and not generation.model_id:
+        from disc_ray.data.generation import model_identity
+
+        generation = dataclasses.replace(generation, model_id=model_identity(generation.model_source))
+    fingerprint = _pipeline_fingerprint(data_cfg, split_cfg, with_splits, tokenizer_source, generation)
     if plan.format == "processed":
         return _processed_report(Path(plan.path), fingerprint)
     out = _prepare_output_dir(data_cfg)
     rejects_path = Path(data_cfg.rejects_path).expanduser().resolve() if data_cfg.rejects_path else out / REJECTS_FILE
     prepare_args = _prepare_args(data_cfg, plan, split_cfg, with_splits, tokenizer_source)
-    (_write_rows_in_process if in_process else _write_rows_on_ray)(data_cfg, plan, prepare_args, out)
+    if generation is not None:
+        prepare_args["max_transfer_tokens"] = generation.max_transfer_tokens
+    (_write_rows_in_process if in_process else _write_rows_on_ray)(data_cfg, plan, prepare_args, out, generation)
     if data_cfg.dedupe:
         drop_duplicates(out, list(plan.files), plan.format in _LINE_FORMATS, tokenizer_source)
     report = DataReport(path=str(data_cfg.path), corpus_format=plan.format, files=len(plan.files), output_dir=str(out), rejects_path=str(rejects_path))
@@ -263,19 +300,39 @@ def process_corpus(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *
     return report
 
 
-def build_training_dataset(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *, tokenizer: str | None = None
-                           ) -> tuple[ray.data.Dataset, DataReport]:
+def build_training_dataset(data_cfg, split_cfg: SplitConfig, with_splits: bool = True, *, tokenizer: str | None = None,
+                           generation: GenerationPlan | None = None) -> tuple[ray.data.Dataset, DataReport]:
     """Run the whole pipeline once on Ray (streaming, :func:`process_corpus`) and return (training rows, report).
 
     The rows (TRAIN_COLUMNS) are read back lazily from ``<output_dir>/status=kept``; give the dataset to
     ``TorchTrainer(datasets={"train": ...})`` and Ray Train's default DataConfig splits it equally
     (``streaming_split(n, equal=True)``), or use :func:`split_equal_shards`. ``tokenizer`` overrides
     ``data_cfg.tokenizer`` (the trainer passes the resolved model directory). ``data_cfg`` may be any
-    object with DataConfig's fields (missing ones take DataConfig's defaults).
+    object with DataConfig's fields (missing ones take DataConfig's defaults). ``generation`` (``rephrase`` /
+    ``cd_base``) adds the generation stage between cleaning and tokenization (:mod:`disc_ray.data.generation`):
+    a ``map_batches`` over ``generation.settings.concurrency`` actors, each holding one engine.
     """
-    report = process_corpus(data_cfg, split_cfg, with_splits, tokenizer=tokenizer)
+    report = process_corpus(data_cfg, split_cfg, with_splits, tokenizer=tokenizer, generation=generation)
     _ensure_ray()
     return _read_kept_rows(Path(report.output_dir)), report
+
+
+def _with_generation(cleaned: ray.data.Dataset, plan: GenerationPlan, cfg: DataConfig) -> ray.data.Dataset:
+    """The generation stage: actors (one engine each) map cleaned blocks of ``batch_rows`` documents; the generated
+    text is cleaned with the corpus's own settings."""
+    import ray.data
+
+    from disc_ray.data.generation import GenerateBlock
+
+    settings = plan.settings
+    return cleaned.map_batches(GenerateBlock, fn_constructor_kwargs={"plan": plan, "cleaning": _generation_cleaning(cfg)}, batch_size=cfg.batch_rows,
+                               batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
+                               num_cpus=settings.num_cpus,
+                               **({"num_gpus": settings.num_gpus} if settings.num_gpus else {}))
+
+
+def _generation_cleaning(cfg: DataConfig) -> dict:
+    return {"normalize_unicode": cfg.normalize_unicode, "collapse_whitespace": cfg.collapse_whitespace}
 
 
 def _as_data_config(cfg, tokenizer: str | None) -> DataConfig:

@@ -38,6 +38,41 @@ def prepare_documents(texts: list, tokenizer, cfg: SplitConfig, max_length: int 
     return results
 
 
+def prepare_transfer_documents(contexts: list, continuations: list, tokenizer, max_length: int = 2048,
+                               max_transfer_tokens: int = 1000) -> list:
+    """``cd_base`` rows: one example per (document, generated continuation), ``input_ids`` = special prefix + document +
+    continuation, one split = the continuation (cut to its first ``max_transfer_tokens`` tokens). DiSC's packing then
+    gives the teacher the document and the continuation and the student the continuation alone; the KL covers the
+    continuation's tokens 2..L. A document longer than what ``max_length`` leaves loses tokens from its START (the
+    teacher keeps the text nearest the continuation). Both texts go through :func:`disc_ray.tokenization.tokenize_documents`
+    (not windowed). Returns, per pair, ``[DocumentExample]`` or the DocumentSkipped saying why none
+    (``empty``, ``transfer_too_short``: fewer than 2 continuation tokens, ``no_context_room``)."""
+    unlimited = 1 << 30
+    tokenized = tokenize_documents(list(contexts) + list(continuations), tokenizer, unlimited)
+    results: list = []
+    for context, continuation in zip(tokenized[: len(contexts)], tokenized[len(contexts):]):
+        skipped = next((t for t in (context, continuation) if isinstance(t, DocumentSkipped)), None)
+        if skipped is not None:
+            results.append(skipped)
+            continue
+        prefix = context[0].num_special_prefix
+        special = context[0].input_ids[:prefix]
+        context_ids = context[0].input_ids[prefix:]
+        transfer_ids = continuation[0].input_ids[continuation[0].num_special_prefix:][:max_transfer_tokens]
+        room = max_length - prefix - len(transfer_ids)
+        if len(transfer_ids) < 2:
+            results.append(DocumentSkipped("transfer_too_short", f"the continuation has {len(transfer_ids)} token(s); 2 are needed"))
+        elif room < 1:
+            results.append(DocumentSkipped("no_context_room", f"max_length {max_length} leaves no document token before a "
+                                                              f"{len(transfer_ids)}-token continuation; lower objective.max_transfer_tokens"))
+        else:
+            ids = special + context_ids[-room:] + transfer_ids
+            split = (len(ids) - len(transfer_ids), len(ids))
+            results.append([DocumentExample(input_ids=ids, sentence_spans=[split], split_spans=[split], num_special_prefix=prefix,
+                                            special_token_text=context[0].special_token_text or continuation[0].special_token_text)])
+    return results
+
+
 _TOKENIZERS: dict[str, Any] = {}
 
 
@@ -60,6 +95,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("unicode_normalized", pa.bool_()), ("whitespace_collapsed", pa.bool_()),
     ("token_windows", pa.bool_()), ("special_token_text", pa.bool_()),  # see DocumentExample.segmentation / .special_token_text
     ("doc_hash", pa.int64()), ("order_key", pa.int64()),  # for drop_duplicates: null hash = rejected before cleaning ended
+    ("generation_cached", pa.bool_()), ("generation_truncated", pa.bool_()),  # rephrase / cd_base (disc_ray/data/generation.py)
     ("status", pa.string()),
 ])
 FILE_SCHEMA = OUTPUT_SCHEMA.remove(OUTPUT_SCHEMA.get_field_index("status"))  # the files: status is their folder
@@ -87,15 +123,26 @@ def prepare_block(block: pa.Table, *, batch_rows: int = 512, **options) -> pa.Ta
 
 
 def _prepare_batch(block: pa.Table, *, tokenizer_source: str, split: dict, max_length: int, with_splits: bool,
-                   strict: bool, line_based: bool, threads: int) -> pa.Table:
-    """One batch of :func:`prepare_block`: one tokenizer call for its documents, one output row per example or reject."""
+                   strict: bool, line_based: bool, threads: int, max_transfer_tokens: int = 1000) -> pa.Table:
+    """One batch of :func:`prepare_block`: one tokenizer call for its documents, one output row per example or reject.
+    A block with a ``continuation`` column (``cd_base``'s generation stage) becomes transfer rows
+    (:func:`prepare_transfer_documents`)."""
     tokenizer = _cached_tokenizer(tokenizer_source, threads)
     cfg = SplitConfig(**split)
     c = block.to_pydict()
+    n = len(c["reason"])
+    for flag in ("generation_cached", "generation_truncated"):
+        c.setdefault(flag, [None] * n)
     todo = [i for i, reason in enumerate(c["reason"]) if not reason]
-    prepared = dict(zip(todo, prepare_documents([c["text"][i] for i in todo], tokenizer, cfg, max_length, with_splits)))
+    texts = [c["text"][i] for i in todo]
+    if "continuation" in c:
+        results = prepare_transfer_documents(texts, [c["continuation"][i] for i in todo], tokenizer, max_length, max_transfer_tokens)
+    else:
+        results = prepare_documents(texts, tokenizer, cfg, max_length, with_splits)
+    prepared = dict(zip(todo, results))
     out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
-    copied = ("doc_id", "source", "row", "line", "unicode_normalized", "whitespace_collapsed", "order_key")
+    copied = ("doc_id", "source", "row", "line", "unicode_normalized", "whitespace_collapsed", "order_key", "generation_cached",
+              "generation_truncated")
 
     def emit(i: int, example: DocumentExample | None, index: int, reason: str, detail: str, preview: str):
         out["input_ids"].append(example.input_ids if example else [])

@@ -28,7 +28,8 @@ from disc_ray.reporting import draw_error_bars, format_ci, new_figure, save_figu
 
 BUDGETS = (2.0, 5.0)
 """Retention budgets (points of the retained skill a run may lose) the reproduction reports."""
-COLOURS = {"ft": "tab:orange", "ft_kl": "tab:purple", "talr": "tab:green", "lora": "tab:brown", "disc": "tab:blue"}
+COLOURS = {"ft": "tab:orange", "ft_kl": "tab:purple", "talr": "tab:green", "lora": "tab:brown", "rephrase": "tab:red",
+           "cd_base": "tab:olive", "disc": "tab:blue"}
 
 
 @dataclasses.dataclass(frozen=True)

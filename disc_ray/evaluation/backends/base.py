@@ -41,8 +41,8 @@ class GenerationBackend(Protocol):
     stats: GenerationStats
 
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
-        """``n`` completions per prompt (temperature 0: greedy). Returns ``[len(prompts)][n]`` strings."""
+                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
+        """``n`` completions per prompt (temperature 0: greedy; ``top_p`` < 1: nucleus sampling). Returns ``[len(prompts)][n]`` strings."""
 
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], *, desc: str | None = None) -> list[float]:
         """Sum of log-probabilities (nats) of each continuation's tokens given its context."""

@@ -63,7 +63,7 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
+                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
         from transformers import GenerationConfig
 
         keep = self._max_prompt_tokens(max_new_tokens)
@@ -72,7 +72,7 @@ class HFBackend:
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=n,
             pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
-            **(dict(temperature=temperature, top_k=0, top_p=1.0) if sampling else {}),
+            **(dict(temperature=temperature, top_k=0, top_p=top_p) if sampling else {}),
         )
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[str] | None] = [None] * len(encoded)

@@ -60,12 +60,12 @@ class RayDataVLLMBackend:
         return sorted(outputs, key=lambda row: row["row_id"])
 
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
+                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
         rows = []
         for index, prompt in enumerate(prompts):
             ids, text = encode_prompt(self.tokenizer, prompt), render_prompt(self.tokenizer, prompt)
             for sample in range(n):
-                sampling = dict(temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=seed + sample,
+                sampling = dict(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed + sample,
                                 stop_token_ids=self.stop_ids, detokenize=False)
                 rows.append(dict(row_id=index * n + sample, prompt=text, tokenized_prompt=ids, sampling_params=sampling))
         started = time.perf_counter()

@@ -48,11 +48,11 @@ class VLLMBackend:
             self.window = context_window(AutoConfig.from_pretrained(self.source))
 
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None) -> list[list[str]]:
+                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
         from vllm import SamplingParams
 
         encoded = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=seed,
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
                                 stop_token_ids=self.stop_ids, skip_special_tokens=True)
         started = time.perf_counter()
         outputs = self.llm.generate(encoded, params, use_tqdm=self.progress)
