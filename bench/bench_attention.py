@@ -7,7 +7,10 @@ per split, as the DiSC student's row), forward + backward through the decoder, f
 Each variant runs in its own subprocess; peak memory on CPU is the process's RSS high-water mark (VmHWM,
 reset just before the step by writing 5 to ``/proc/self/clear_refs``) minus its RSS then (model, inputs and
 one short warm-up step already resident); without the reset, the high-water mark left by building the model
-(~90 MiB above the resident set) would hide the step's first ~90 MiB. On CUDA: ``max_memory_allocated``.
+(~90 MiB above the resident set) would hide the step's first ~90 MiB. The subprocesses run with
+``MALLOC_MMAP_THRESHOLD_=65536``: every buffer of 64 KiB or more is its own mapping, returned to the system
+when freed, so the figure is the peak of live tensor memory (as ``max_memory_allocated`` is on CUDA) rather
+than what glibc's heap happens to keep (which moved it by +-20 MiB from run to run).
 Rounds are interleaved and the medians printed with their ratios.
 
     python bench/bench_attention.py [--tokens 8192] [--split-tokens 300] [--layers 4] [--rounds 3] [--device cpu]
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -130,7 +134,9 @@ def main() -> None:
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens), "--split-tokens",
                        str(args.split_tokens), "--layers", str(args.layers), "--device", args.device, "--scope", args.scope]
-            line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: large buffers are unmapped when freed
+            line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO,
+                                  env=env).stdout.strip().splitlines()[-1]
             results[variant].append(json.loads(line))
             print(f"round {round_index + 1}: {results[variant][-1]}", flush=True)
     median = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_extra_mib")} for v, rs in results.items()}

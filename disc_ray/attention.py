@@ -7,6 +7,8 @@ attention implementation, ``disc_packed_sdpa``, that runs ``F.scaled_dot_product
 ``is_causal=True`` on each sequence of the row separately (the diagonal blocks only), so the memory
 of attention grows with the longest sequence, not with the packed row, and no mask is built (the
 mask function registered with it returns none for such a row).
+Memory: :class:`PackedSDPA` writes each sequence's output and q/k/v gradients into full-size tensors and
+recomputes each sequence's forward in the backward, so the call holds its output once and saves only q/k/v.
 
 Exactness: each sequence attends to itself alone, causally, with the same scale and kernels as
 ``sdpa``; nothing else changes in the model. Where the call is not a packed causal self-attention
