@@ -4,9 +4,14 @@ One packed row of ``--tokens`` tokens made of ``--split-tokens``-token splits (p
 per split, as the DiSC student's row), forward + backward through the decoder, for:
   * ``sdpa``: transformers builds a dense block-diagonal ``[S, S]`` mask from the position ids;
   * ``disc_packed_sdpa`` (disc_ray/attention.py): causal SDPA on each split alone, no mask.
-Each variant runs in its own subprocess; peak memory is the process's RSS high-water mark (VmHWM) after
-the step minus the one before it (model, inputs and one short warm-up step already resident) on CPU, or
-``max_memory_allocated`` on CUDA. Rounds are interleaved and the medians printed with their ratios.
+Each variant runs in its own subprocess; peak memory on CPU is the process's RSS high-water mark (VmHWM,
+reset just before the step by writing 5 to ``/proc/self/clear_refs``) minus its RSS then (model, inputs and
+one short warm-up step already resident); without the reset, the high-water mark left by building the model
+(~90 MiB above the resident set) would hide the step's first ~90 MiB. The subprocesses run with
+``MALLOC_MMAP_THRESHOLD_=65536``: every buffer of 64 KiB or more is its own mapping, returned to the system
+when freed, so the figure is the peak of live tensor memory (as ``max_memory_allocated`` is on CUDA) rather
+than what glibc's heap happens to keep (which moved it by +-20 MiB from run to run).
+Rounds are interleaved and the medians printed with their ratios.
 
     python bench/bench_attention.py [--tokens 8192] [--split-tokens 300] [--layers 4] [--rounds 3] [--device cpu]
                                     [--scope model|attention]
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,11 +32,20 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("sdpa", "disc_packed_sdpa")
 
 
-def vm_hwm_kib() -> int:
+def vm_kib(key: str) -> int:
+    """``VmHWM`` or ``VmRSS`` of this process, KiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def reset_vm_hwm() -> None:
+    """Reset this process's RSS high-water mark to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as error:
+        raise RuntimeError(f"cannot reset the RSS high-water mark (/proc/self/clear_refs): {error}") from error
 
 
 def attention_only(model, position_ids, device) -> None:
@@ -89,13 +104,14 @@ def run_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.max_memory_allocated()
     else:
-        before = vm_hwm_kib() * 1024
+        reset_vm_hwm()
+        before = vm_kib("VmRSS") * 1024
     started = time.perf_counter()
     step(args.tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    after = torch.cuda.max_memory_allocated() if device.type == "cuda" else vm_hwm_kib() * 1024
+    after = torch.cuda.max_memory_allocated() if device.type == "cuda" else vm_kib("VmHWM") * 1024
     return {"variant": args.variant, "seconds": seconds, "peak_extra_mib": (after - before) / 2**20, "splits": len(lengths)}
 
 
@@ -118,7 +134,9 @@ def main() -> None:
         for variant in VARIANTS:
             command = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens), "--split-tokens",
                        str(args.split_tokens), "--layers", str(args.layers), "--device", args.device, "--scope", args.scope]
-            line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1]
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: large buffers are unmapped when freed
+            line = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO,
+                                  env=env).stdout.strip().splitlines()[-1]
             results[variant].append(json.loads(line))
             print(f"round {round_index + 1}: {results[variant][-1]}", flush=True)
     median = {v: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_extra_mib")} for v, rs in results.items()}

@@ -14,7 +14,8 @@ Printed per rank: peak RSS during set-up minus the RSS just before it (torch, tr
 tokenizer code, accelerate and the process group already imported: code, not weights), as a ratio to one fp32 copy of the model; also the peak of anonymous memory alone
 (``RssAnon``: file pages of the mmapped safetensors are page cache the kernel can drop).
 
-    python bench/bench_loading.py [--layers 40] [--ranks 2] [--folder /tmp/disc-ray-bench-loading]
+    python bench/bench_loading.py [--layers 40] [--hidden-size 960] [--intermediate-size 2560] [--ranks 2]
+                                  [--folder /tmp/disc-ray-bench-loading] [--variants full_copy,lean,lean_bf16]
 """
 
 from __future__ import annotations
@@ -59,16 +60,21 @@ class PeakSampler(threading.Thread):
         return self.peak
 
 
-def build_model_folder(folder: Path, layers: int) -> int:
-    """A random fp32 model of SmolLM2-360M's shape with ``layers`` layers, and the embedded tokenizer; returns its
-    parameter count. Reused when already there."""
+def build_model_folder(folder: Path, layers: int, hidden_size: int = 960, intermediate_size: int = 2560) -> int:
+    """A random fp32 model of SmolLM2-360M's shape (64-wide heads, 3 query heads per KV head) with ``layers`` layers
+    of ``hidden_size`` / ``intermediate_size``, and the embedded tokenizer; returns its parameter count. Reused when
+    already there."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from disc_ray.models import load_tokenizer
 
-    config = LlamaConfig(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=layers,
-                         num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+    heads = hidden_size // 64
+    if heads * 64 != hidden_size or heads % 3:
+        raise ValueError(f"--hidden-size must be a multiple of 192 (64-wide heads, 3 per KV head), got {hidden_size}")
+    config = LlamaConfig(vocab_size=49152, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 3,
+                         max_position_embeddings=8192,
                          rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
     if not (folder / "model.safetensors").exists():
         torch.manual_seed(0)
@@ -129,12 +135,15 @@ def run_variant(folder: Path, ranks: int, lean: bool, teacher_dtype: str, out: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=40)
+    parser.add_argument("--hidden-size", type=int, default=960)
+    parser.add_argument("--intermediate-size", type=int, default=2560)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--folder", default="/tmp/disc-ray-bench-loading")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    folder = Path(args.folder) / f"llama-{args.layers}l"
-    parameters = build_model_folder(folder, args.layers)
+    width = "" if (args.hidden_size, args.intermediate_size) == (960, 2560) else f"-{args.hidden_size}h{args.intermediate_size}i"
+    folder = Path(args.folder) / f"llama-{args.layers}l{width}"
+    parameters = build_model_folder(folder, args.layers, args.hidden_size, args.intermediate_size)
     fp32_kib = parameters * 4 / 1024
     print(f"model: {parameters / 1e6:.0f}M parameters, {fp32_kib / 1024 ** 2:.2f} GiB in fp32; {args.ranks} gloo ranks")
     for name in args.variants.split(","):

@@ -7,6 +7,8 @@ attention implementation, ``disc_packed_sdpa``, that runs ``F.scaled_dot_product
 ``is_causal=True`` on each sequence of the row separately (the diagonal blocks only), so the memory
 of attention grows with the longest sequence, not with the packed row, and no mask is built (the
 mask function registered with it returns none for such a row).
+Memory: :class:`PackedSDPA` writes each sequence's output and q/k/v gradients into full-size tensors and
+recomputes each sequence's forward in the backward, so the call holds its output once and saves only q/k/v.
 
 Exactness: each sequence attends to itself alone, causally, with the same scale and kernels as
 ``sdpa``; nothing else changes in the model. Where the call is not a packed causal self-attention
@@ -20,6 +22,8 @@ rows, ``masking_utils.find_packed_sequence_indices``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +75,76 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
     window = kwargs.get("sliding_window")
     if window is not None and max(e - s for s, e in bounds) > window:
         raise ValueError(f"{PACKED_SDPA}: a packed sequence is longer than the sliding window ({window})")
-    gqa = query.shape[1] != key.shape[1]
-    outputs = [
-        F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                       is_causal=True, scale=scaling, enable_gqa=gqa)
-        for s, e in bounds
-    ]
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    return PackedSDPA.apply(query, key, value, tuple(bounds), dropout, scaling), None
+
+
+def _segment_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, start: int, end: int, dropout: float,
+                  scaling: float | None) -> torch.Tensor:
+    """Causal SDPA of tokens ``start:end`` of ``[B, H, S, D]`` q and ``[B, H_kv, S, D]`` k/v alone -> ``[B, H, end - start, D]``."""
+    return F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                          dropout_p=dropout, is_causal=True, scale=scaling,
+                                          enable_gqa=query.shape[1] != key.shape[1])
+
+
+class PackedSDPA(torch.autograd.Function):
+    """Causal SDPA on each ``(start, end)`` segment of a packed row, written into one ``[B, S, H, D]`` output.
+
+    Memory: the output and the gradients of q/k/v are allocated once at full size and each segment writes its
+    slice (no per-segment pieces concatenated, no full-size zero gradient per slice). Nothing is saved but q, k
+    and v (which autograd holds for SDPA anyway): the backward recomputes each segment's forward (the per-segment
+    kernels are cheap next to the model's matmuls) and runs SDPA's own backward on it, one segment at a time, so
+    the attention holds one copy of its output instead of two (the kernel's saved output and the caller's). With
+    dropout the forward's RNG state is replayed, so the recomputed masks are the forward's. Under ``no_grad``
+    (the teacher) nothing is saved."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, bounds, dropout, scaling):
+        batch, heads, length, dim = query.shape
+        needs = ctx.needs_input_grad[:3]
+        if any(needs):
+            ctx.save_for_backward(query, key, value)
+            ctx.bounds, ctx.dropout, ctx.scaling = bounds, dropout, scaling
+            ctx.rng = _rng_state(query.device) if dropout else None
+        out = query.new_empty(batch, length, heads, dim)
+        for start, end in bounds:
+            out[:, start:end] = _segment_sdpa(query, key, value, start, end, dropout, scaling).transpose(1, 2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        needs = ctx.needs_input_grad[:3]
+        inputs = ctx.saved_tensors
+        grads = [torch.empty_like(t) if n else None for t, n in zip(inputs, needs)]
+        with _replayed_rng(inputs[0].device, ctx.rng), torch.enable_grad():
+            for start, end in ctx.bounds:
+                segment = [t.detach()[:, :, start:end].requires_grad_(n) for t, n in zip(inputs, needs)]
+                piece = _segment_sdpa(*segment, 0, end - start, ctx.dropout, ctx.scaling)
+                pieces = iter(torch.autograd.grad(piece, [t for t in segment if t.requires_grad],
+                                                  grad_out[:, start:end].transpose(1, 2)))
+                for grad in grads:
+                    if grad is not None:
+                        grad[:, :, start:end] = next(pieces)
+        return (*grads, None, None, None)
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _replayed_rng(device: torch.device, state):
+    """Within the block the RNG (the CPU's, and ``device``'s if CUDA) starts from ``state`` (:func:`_rng_state`) and is
+    restored after it; ``state=None`` changes nothing."""
+    if state is None:
+        yield
+        return
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.set_rng_state(state[0])
+        if cuda:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
 
 
 def packed_sdpa_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from disc_ray.attention import PACKED_SDPA, register_packed_attention, segment_bounds
+import torch.nn.functional as F
+
+from disc_ray.attention import PACKED_SDPA, PackedSDPA, register_packed_attention, segment_bounds
 from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, reference_disc_loss
 from disc_ray.splits import SplitConfig, prepare_document
 
@@ -49,6 +51,54 @@ def test_packed_rows_equal_each_split_alone_and_the_dense_path(model_type):
                            output_hidden_states=True).hidden_states[-1]
             torch.testing.assert_close(out["packed"][0][:, start:start + n], alone, rtol=1e-5, atol=1e-5)
             start += n
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_packed_function_matches_per_segment_autograd_with_and_without_dropout(dropout):
+    """PackedSDPA (one output, gradients written per segment, forward recomputed in the backward with the
+    forward's RNG replayed) == autograd through each segment's SDPA alone, outputs and q/k/v gradients
+    (GQA: 4 query heads, 2 KV heads; dropout masks must be the forward's or the gradients differ)."""
+    bounds = [(0, 5), (5, 17), (17, 18), (18, 40)]
+    g = torch.Generator().manual_seed(1)
+    leaves = [torch.randn(1, h, 40, 8, generator=g, requires_grad=True) for h in (4, 2, 2)]
+    weight = torch.randn(1, 40, 4, 8, generator=g)
+    torch.manual_seed(11)
+    out = PackedSDPA.apply(*leaves, tuple(bounds), dropout, 0.3)
+    (out * weight).sum().backward()
+    packed = [out.detach(), *(t.grad for t in leaves)]
+    for t in leaves:
+        t.grad = None
+    torch.manual_seed(11)
+    pieces = [F.scaled_dot_product_attention(*(t[:, :, s:e] for t in leaves), dropout_p=dropout, is_causal=True, scale=0.3,
+                                             enable_gqa=True) for s, e in bounds]
+    reference = torch.cat(pieces, dim=2).transpose(1, 2)
+    (reference * weight).sum().backward()
+    assert out.shape == (1, 40, 4, 8) and out.is_contiguous()
+    for got, want in zip(packed, [reference.detach(), *(t.grad for t in leaves)]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    if dropout:  # the masks really dropped something: the output differs from dropout-free attention
+        assert not torch.allclose(out, PackedSDPA.apply(*leaves, tuple(bounds), 0.0, 0.3))
+    with torch.no_grad():  # the teacher's path saves nothing and gives the same output
+        assert PackedSDPA.apply(*leaves, tuple(bounds), 0.0, 0.3).grad_fn is None
+
+
+def test_activation_checkpointing_through_the_packed_path_keeps_gradients():
+    """Non-reentrant activation checkpointing (model.activation_checkpointing) recomputes the packed attention's
+    forward: the gradients equal those of the plain packed step."""
+    model = tiny("llama", PACKED_SDPA)
+    lengths = [9, 20, 3]
+    ids = torch.randint(0, 49152, (1, sum(lengths)), generator=torch.Generator().manual_seed(4))
+    pos = torch.cat([torch.arange(n) for n in lengths])[None]
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, position_ids=pos, use_cache=False).logits.square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-6, atol=1e-8, msg=n)
 
 
 def test_disc_loss_and_gradients_through_the_packed_path_equal_the_per_split_reference(tokenizer, bioasq_passages):
