@@ -2,7 +2,7 @@
 
     python jobs/reproduce.py --preset quick      # under 30 minutes on 2 CPU cores (--quick works too)
     python jobs/reproduce.py --preset full       # 208 passages + 24 synthetic documents, 2 seeds (~7 h; resumable)
-    python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr    # with the LoRA and TALR baselines
+    python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr,rephrase,cd_base    # every baseline
     python jobs/reproduce.py --config my_sweep.yaml --evaluation.limit 32  # a sweep file of your own
     ray job submit --working-dir . -- python jobs/reproduce.py --preset full
 
