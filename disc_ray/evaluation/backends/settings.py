@@ -37,11 +37,13 @@ MODEL_DECODING_FIELDS = ("top_p", "top_k", "repetition_penalty")
 """Fields taken from ``generation_config.json`` when the evaluation config leaves them unset (None)."""
 NEUTRAL = {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 """The values that change nothing (``top_k`` 0: off)."""
-_IGNORED_FIELDS = ("temperature", "do_sample", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "num_beams",
-                   "no_repeat_ngram_size", "encoder_repetition_penalty", "length_penalty", "min_new_tokens", "min_length",
-                   "max_new_tokens", "max_length", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
-                   "forced_bos_token_id", "forced_eos_token_id", "sequence_bias", "guidance_scale")
-"""``generation_config.json`` fields no backend applies (each suite's protocol sets temperature and length)."""
+_IGNORED_FIELDS = {"temperature": 1.0, "do_sample": False, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                   "eta_cutoff": 0.0, "num_beams": 1, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+                   "length_penalty": 1.0, "min_new_tokens": 0, "min_length": 0, "max_new_tokens": None, "max_length": None,
+                   "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                   "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": None, "guidance_scale": None}
+"""``generation_config.json`` fields no backend applies (each suite's protocol sets temperature and length), with the
+value that changes nothing: a field holding anything else is listed under ``ignored_generation_config``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +166,9 @@ def resolve_backend_settings(backend: str, tokenizer, generation_config, *, mode
         else:
             chosen[field], sources[field] = NEUTRAL[field], "neutral"
     ignored = {}
-    for field in _IGNORED_FIELDS:
+    for field, neutral in _IGNORED_FIELDS.items():
         value = getattr(generation_config, field, None)
-        if value not in (None, False, 1, 1.0, 0, 0.0, [], ()):
+        if value is not None and value != neutral and value not in ([], ()):
             ignored[field] = value
     stops = tuple(stop_token_ids(tokenizer, generation_config))
     if not stops:
