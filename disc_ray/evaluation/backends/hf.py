@@ -48,8 +48,6 @@ class HFBackend:
     @classmethod
     def load(cls, name_or_path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
              progress: bool = True, cache_dir: str | None = None, **decoding) -> "HFBackend":
-        import torch
-
         from disc_ray.models import load_model_and_tokenizer
 
         check_tokenizer_files(name_or_path)
