@@ -1,5 +1,6 @@
 # One command each: `make test` (install into .venv from the lock, run the whole suite), `make test-fast`
-# (the pure-torch core and data logic, for the edit-test loop), `make demo` (install, run the main job),
+# (the pure-torch core and data logic, for the edit-test loop), `make demo` (install, run the main job on the
+# synthetic corpus, then print what the model learned and kept: configs/demo.yaml, jobs/adapt.py --before-after),
 # `make lock` (re-resolve the dependency set, re-install from it, run the suite).
 #
 # Installs go through requirements.lock (every package and version the suite was run with, torch's CPU
@@ -47,7 +48,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "core and not slow and not gpu" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) jobs/adapt.py $(ARGS)
+	$(PY) jobs/adapt.py --config configs/demo.yaml --before-after $(ARGS)
 
 bench: install
 	$(PY) bench/bench_core.py

@@ -363,3 +363,5 @@ def test_vllm_and_hf_give_the_same_greedy_scores(embedded_dir):
     pairs = [(CHAT, "Blue"), ("The sky is", " grey")]
     hf_backend = HFBackend.load(str(embedded_dir), device="cuda", dtype="float32", progress=False)
     assert backend.loglikelihood(pairs) == pytest.approx(hf_backend.loglikelihood(pairs), abs=1e-2)
+    same = lambda b: {k: v for k, v in b.settings.as_dict().items() if k != "backend"}  # noqa: E731
+    assert same(backend) == same(hf_backend)  # decoding, dtype, window: one resolution for both engines

@@ -4,7 +4,7 @@ Suites (one module each): ``domain_mcq`` (:mod:`.mcq`: option log-likelihood and
 generation protocol), ``domain_qa`` (:mod:`.qa`), ``ifeval`` (:mod:`.ifeval`: lm-eval's checkers,
 offline), ``drift`` (:mod:`.drift`: KL(original || adapted) and NLL on the original's own responses)
 and ``lm_eval:<task>`` (:mod:`.lm_eval_tasks`). Intervals and paired comparisons: :mod:`.stats`; methods at
-matched retention: :mod:`.frontier`. Backends (:mod:`.backends`): ``hf`` (transformers),
+matched retention: :mod:`.frontier`; the demo's before/after table: :mod:`.before_after`. Backends (:mod:`.backends`): ``hf`` (transformers),
 ``vllm`` (``vllm.LLM``), ``ray_vllm`` (:mod:`.backends.ray_vllm`: Ray Data + ``ray.data.llm``).
 
     from disc_ray.evaluation import EvalConfig, evaluate
@@ -32,6 +32,7 @@ _EXPORTS = {
     "write_report": "report",
     "BootstrapConfig": "stats", "bootstrap_interval": "stats", "paired_delta_interval": "stats", "compare": "stats",
     "best_at_budgets": "frontier", "plot_frontiers": "frontier",
+    "run_before_after": "before_after", "format_before_after": "before_after",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -41,8 +41,6 @@ class VLLMConfig:
 
     tensor_parallel_size: int = 1
     """GPUs per engine."""
-    max_model_len: int | None = 4096
-    """Longest prompt + generation the engine plans memory for; None lets vLLM read it from the model."""
     gpu_memory_utilization: float = 0.85
     """Fraction of each GPU's memory vLLM may take (weights + KV cache)."""
     replicas: int = 1
@@ -68,7 +66,19 @@ class EvalConfig:
     device: str = "auto"
     """``hf`` only: ``auto`` (cuda if available), ``cpu``, ``cuda``, ``cuda:1``..."""
     dtype: str = "auto"
-    """``auto``: bfloat16 on GPU, float32 on CPU; or a torch dtype name."""
+    """Every backend: ``auto`` is bfloat16 on GPU (always for vLLM) and float32 on CPU, whatever dtype the checkpoint
+    stores; or ``float32`` / ``bfloat16`` / ``float16``. Recorded in ``eval.json["backend_settings"]``."""
+    top_p: float | None = None
+    """Sampling (temperature > 0) only; None: the model's ``generation_config.json`` value, else 1.0 (off). Every
+    backend applies the same resolved value (``disc_ray/evaluation/backends/settings.py``)."""
+    top_k: int | None = None
+    """Sampling only; None: the model's ``generation_config.json`` value, else 0 (off)."""
+    repetition_penalty: float | None = None
+    """Greedy and sampled generation; None: the model's ``generation_config.json`` value, else 1.0 (off)."""
+    max_model_len: int | None = 4096
+    """Evaluation window of every backend: prompt + generated tokens (context + continuation when scoring) fit
+    ``min(this, the model's context window)``; longer prompts lose tokens from the left, counted per suite as
+    ``truncated_prompts``. vLLM plans its memory for it. None: the model's window."""
     seed: int = 0
     """Seeds the subset choice and the sampling."""
     limit: int | None = None
@@ -107,8 +117,11 @@ class EvalConfig:
     lm_eval_batch_size: int | str = "auto"
     max_drop: float = 5.0
     """Selection rule: most points a retained skill may drop versus the baseline."""
-    domain_metrics: tuple[str, ...] = ("domain_mcq.accuracy_gen", "domain_mcq.accuracy_ll", "domain_qa.contains")
-    """The domain score is the first of these present in a result."""
+    domain_metrics: tuple[str, ...] = ("domain_mcq.prob_correct", "domain_mcq.accuracy_gen", "domain_mcq.accuracy_ll",
+                                       "domain_qa.contains")
+    """The domain score is the first of these present in a result: the continuous ``prob_correct`` (from the ``ll``
+    pass), else the paper's tag protocol ``accuracy_gen`` (0 for small models that answer without tags), ...
+    Every score is reported whichever leads."""
     skill_metrics: tuple[str, ...] = ("ifeval.inst_strict",)
     """Retained skills checked by the selection rule (``lm_eval:*`` suites' ``score`` are added automatically).
     The paper constrains IFEval's instruction-level strict accuracy (and MATH, HumanEval via lm-eval)."""
@@ -139,6 +152,14 @@ class EvalConfig:
             raise EvalInputError("n_samples, batch_size and drift_num_prompts must be >= 1")
         if self.temperature < 0:
             raise EvalInputError(f"temperature must be >= 0, got {self.temperature}")
+        if "gen" in self.mcq_modes and "domain_mcq" in self.suites and self.n_samples > 1 and self.temperature == 0:
+            raise EvalInputError(f"n_samples={self.n_samples} at temperature 0 would be identical greedy samples; "
+                                 "set temperature > 0 or n_samples 1")
+        if (self.top_p is not None and not 0 < self.top_p <= 1) or (self.top_k is not None and self.top_k < 0) \
+                or (self.repetition_penalty is not None and self.repetition_penalty <= 0):
+            raise EvalInputError("top_p must be in (0, 1], top_k >= 0 (0: off) and repetition_penalty > 0 (or null: the model's)")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise EvalInputError(f"max_model_len must be >= 2 (or null: the model's window), got {self.max_model_len}")
         if min(self.max_new_tokens, self.mcq_max_new_tokens, self.qa_max_new_tokens, self.drift_max_new_tokens) < 1:
             raise EvalInputError("every max_new_tokens setting must be >= 1")
         if self.bootstrap_resamples < 100 or not 0 < self.confidence < 1:

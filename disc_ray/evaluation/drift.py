@@ -108,6 +108,8 @@ def reference_responses(original: str, prompts: Sequence[str], *, max_new_tokens
     cfg = cfg or EvalConfig()
     backend_name = backend.name if backend is not None else cfg.backend
     settings = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "backend": backend_name, "chat_template": True}
+    if cfg.repetition_penalty is not None:  # the one decoding override a greedy answer depends on (backends/settings.py)
+        settings["repetition_penalty"] = cfg.repetition_penalty
     path = reference_cache_path(original, prompts, settings, cfg.cache_dir)
     if path.is_file():
         return load_jsonl(path), path

@@ -14,12 +14,14 @@ _POINT_METRICS = ("acc", "exact_match", "em", "f1", "mc1", "mc2", "prompt_level"
 
 
 def lm_eval_model_args(model_source: str, cfg: EvalConfig) -> tuple[str, dict]:
-    from disc_ray.evaluation.backends import resolve_device
+    from disc_ray.evaluation.backends.settings import resolve_device, resolve_dtype_name
 
     if cfg.backend == "hf":
-        return "hf", {"pretrained": model_source, "dtype": cfg.dtype, "device": resolve_device(cfg.device)}
-    return "vllm", {"pretrained": model_source, "dtype": cfg.dtype, "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
-                    "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization, "max_model_len": cfg.vllm.max_model_len}
+        device = resolve_device(cfg.device)
+        return "hf", {"pretrained": model_source, "dtype": resolve_dtype_name(cfg.dtype, on_cuda=device.startswith("cuda")),
+                      "device": device}
+    return "vllm", {"pretrained": model_source, "dtype": resolve_dtype_name(cfg.dtype, on_cuda=True), "tensor_parallel_size": cfg.vllm.tensor_parallel_size,
+                    "gpu_memory_utilization": cfg.vllm.gpu_memory_utilization, "max_model_len": cfg.max_model_len}
 
 
 def convert_task_metrics(task_results: dict) -> dict:

@@ -4,10 +4,13 @@
         [--evaluation.suites domain_mcq,ifeval,drift] [--evaluation.backend hf] [--evaluation.limit N] ...
     disc-ray evaluate ...   (same options; --help lists every evaluation key)
 
-``eval.json``: ``{"model", "name", "backend", "seed", "suites": {suite: metrics}, "baseline": {"model",
-"suites"}, "deltas": {suite: {metric: model - baseline}}, "delta_ci": {suite: {metric: {"delta", "ci", "n",
+``eval.json``: ``{"model", "name", "backend", "seed", "suites": {suite: metrics}, "backend_settings": {...},
+"baseline": {"model", "suites", "backend_settings"}, "deltas": {suite: {metric: model - baseline}}, "delta_ci": {suite: {metric: {"delta", "ci", "n",
 "outside"}}}, "bootstrap": {...}, "summary": {...}, "selection": {...}, "config", "versions", "timing_s"}``;
-scores in points (0-100), drift in nats/token. Each suite's metrics carry ``ci`` (95% bootstrap interval
+scores in points (0-100), drift in nats/token. ``backend_settings``: the decoding (top_p, top_k, repetition_penalty,
+stop ids and where each came from), dtype and evaluation window every backend applies to that model
+(:mod:`disc_ray.evaluation.backends.settings`); each generation suite's ``truncated_prompts`` counts the prompts
+cut from the left to fit the window. Each suite's metrics carry ``ci`` (95% bootstrap interval
 per score) and ``per_item`` (the per-item values behind them, for paired comparisons);
 ``delta_ci`` holds the PAIRED bootstrap interval of each delta (items resampled jointly), see
 :mod:`disc_ray.evaluation.stats`. Per-item records go to ``samples/<suite>.jsonl``. Bad inputs (missing file, malformed row, model without tokenizer) stop the
@@ -32,7 +35,7 @@ from disc_ray.evaluation.suite import SuiteResult
 from disc_ray.reporting import format_ci
 
 GENERATION_SUITES = ("domain_mcq", "domain_qa", "ifeval")
-_NOT_SCORES = {"n", "n_instructions", "tokens", "max_new_tokens", "n_samples", "temperature", "version"}
+_NOT_SCORES = {"n", "n_instructions", "tokens", "max_new_tokens", "n_samples", "temperature", "version", "truncated_prompts"}
 _GROUPS = ("by_kind",)
 """Nested sub-scores shown as ``by_kind.<kind>.<metric>`` rows."""
 
@@ -103,10 +106,12 @@ def preflight(model: str, cfg: EvalConfig, baseline: str | None) -> None:
 
 def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None) -> tuple[dict[str, SuiteResult], dict, dict]:
     """Run ``cfg.suites`` on ``model``. ``original``: the model drift is measured from (None: ``model`` is the
-    original, so its drift KL is 0 and its NLL is its own). Returns ``(results, timing_s, backend_stats)``."""
+    original, so its drift KL is 0 and its NLL is its own). Returns ``(results, timing_s, backend_info)``:
+    ``backend_info = {"generation_stats", "backend_settings"}`` (empty without a backend). Each generation suite's
+    metrics carry ``truncated_prompts``: prompts cut from the left to fit the evaluation window."""
     results: dict[str, SuiteResult] = {}
     timing: dict[str, float] = {}
-    stats: dict = {}
+    info: dict = {}
     generation = [s for s in cfg.suites if s in GENERATION_SUITES]
     backend = None
     if generation or ("drift" in cfg.suites and cfg.backend == "hf"):
@@ -117,10 +122,14 @@ def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None)
         timing["load"] = time.perf_counter() - started
     try:
         for suite in generation:
-            started = time.perf_counter()
+            started, truncated = time.perf_counter(), backend.stats.truncated_prompts
             results[suite] = run_builtin_suite(suite, backend, cfg)
             attach_intervals(results[suite].metrics, cfg.bootstrap())
             timing[suite] = time.perf_counter() - started
+            results[suite].metrics["truncated_prompts"] = backend.stats.truncated_prompts - truncated
+            if results[suite].metrics["truncated_prompts"]:
+                log(f"{model}: {suite}: {results[suite].metrics['truncated_prompts']} prompt(s) longer than the "
+                    f"{backend.settings.window}-token evaluation window lost tokens from the left")
             log(f"{model}: {suite}: {headline(suite, results[suite].metrics)} ({timing[suite]:.1f} s)")
         if "drift" in cfg.suites:
             started = time.perf_counter()
@@ -130,7 +139,7 @@ def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None)
             log(f"{model}: drift: {headline('drift', results['drift'].metrics)} ({timing['drift']:.1f} s)")
     finally:
         if backend is not None:
-            stats = backend.stats.as_dict()
+            info = {"generation_stats": backend.stats.as_dict(), "backend_settings": backend.settings.as_dict()}
             backend.close()
     for suite in [s for s in cfg.suites if s.startswith(LM_EVAL_PREFIX)]:
         from disc_ray.evaluation.lm_eval_tasks import run_lm_eval_suite
@@ -139,7 +148,7 @@ def evaluate_suites(model: str, cfg: EvalConfig, *, original: str | None = None)
         results[suite] = run_lm_eval_suite(model, suite, cfg)
         timing[suite] = time.perf_counter() - started
         log(f"{model}: {suite}: score {results[suite].metrics.get('score')} ({timing[suite]:.1f} s)")
-    return results, timing, stats
+    return results, timing, info
 
 
 def run_builtin_suite(suite: str, backend, cfg: EvalConfig) -> SuiteResult:
@@ -239,15 +248,16 @@ def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_di
     timing: dict[str, dict] = {}
     if baseline and baseline_record is None:
         log(f"evaluating the baseline {baseline}")
-        base_results, timing["baseline"], _ = evaluate_suites(baseline, cfg, original=None)
-        baseline_record = {"model": baseline, "suites": {s: r.metrics for s, r in base_results.items()}}
+        base_results, timing["baseline"], base_info = evaluate_suites(baseline, cfg, original=None)
+        baseline_record = {"model": baseline, "suites": {s: r.metrics for s, r in base_results.items()},
+                           "backend_settings": base_info.get("backend_settings")}
         samples.update({f"baseline_{s}": r.samples for s, r in base_results.items()})
     log(f"evaluating {model}")
-    results, timing["model"], backend_stats = evaluate_suites(model, cfg, original=original)
+    results, timing["model"], backend_info = evaluate_suites(model, cfg, original=original)
     samples.update({s: r.samples for s, r in results.items()})
     suites = {s: r.metrics for s, r in results.items()}
     record = dict(model=model, name=name or run_name(model), backend=cfg.backend, seed=cfg.seed, suites=suites,
-                  bootstrap=cfg.bootstrap().as_dict())
+                  backend_settings=backend_info.get("backend_settings"), bootstrap=cfg.bootstrap().as_dict())
     scores = run_scores(record["name"], suites, cfg.domain_metrics, cfg.skill_metrics)
     record["summary"] = dict(domain_metric=scores.domain_metric, domain_score=scores.domain, skills=dict(scores.skills),
                              domain_ci=scores.domain_ci)
@@ -261,7 +271,8 @@ def evaluate(model: str, cfg: EvalConfig, *, baseline: str | None = None, out_di
                                    max_drop=cfg.max_drop, eligible=verdict.eligible, reason=verdict.reason,
                                    skill_drops=dict(verdict.drops), skill_drop_ci=dict(verdict.drop_cis),
                                    baseline_domain_score=base_scores.domain, baseline_skills=dict(base_scores.skills))
-    record.update(config=cfg.to_dict(), versions=package_versions(), timing_s=timing, generation_stats=backend_stats)
+    record.update(config=cfg.to_dict(), versions=package_versions(), timing_s=timing,
+                  generation_stats=backend_info.get("generation_stats", {}))
     write_outputs(record, samples, out_dir)
     return record
 
@@ -298,7 +309,7 @@ def format_markdown(record: dict) -> str:
              f"Intervals: {level} bootstrap over items ({boot.get('n_resamples', '-')} resamples, {boot.get('method', 'percentile')}, "
              f"seed {boot.get('seed', '-')}); deltas resample the items of both runs jointly. `*`: the delta's interval "
              f"excludes 0 (claimed from {MIN_ITEMS_FOR_CLAIM} shared items up; fewer items give too narrow intervals).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             *format_backend_settings(record), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for suite, metrics in record["suites"].items():
         base_rows = {k: (v, ci) for k, v, ci in score_rows(baseline.get(suite, {}))} if baseline else {}
         paired = record.get("delta_ci", {}).get(suite, {})
@@ -322,6 +333,19 @@ def format_markdown(record: dict) -> str:
         lines += ["", f"**Selection rule** ({selection['rule']}): "
                   f"{'eligible' if selection['eligible'] else 'NOT eligible'}: {selection['reason']}."]
     return "\n".join(lines) + "\n"
+
+
+def format_backend_settings(record: dict) -> list[str]:
+    """One line (plus a blank) naming the decoding, dtype and window the backend applied, and the prompts it had to
+    cut; nothing for records written before ``backend_settings`` existed."""
+    settings = record.get("backend_settings")
+    if not settings:
+        return []
+    cut = {s: m["truncated_prompts"] for s, m in record["suites"].items() if m.get("truncated_prompts")}
+    return [f"Decoding (every backend alike): top_p {settings['top_p']:g}, top_k {settings['top_k']} (0: off), "
+            f"repetition_penalty {settings['repetition_penalty']:g}, stop ids {settings['stop_token_ids']}; dtype "
+            f"{settings['dtype']}; window {settings['window']} tokens, longer prompts cut from the left: "
+            + (", ".join(f"{s} {n}" for s, n in cut.items()) if cut else "none") + ".", ""]
 
 
 def write_outputs(record: dict, samples: dict[str, list], out_dir: str | Path) -> Path:

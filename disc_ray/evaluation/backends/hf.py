@@ -3,14 +3,17 @@ projected in row chunks (no ``[batch, seq, vocab]`` logits)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Sequence
 
 import torch
 
-from disc_ray.evaluation.backends.base import GenerationStats, _progress, decode_completion, resolve_device, resolve_dtype, stop_token_ids
+from disc_ray.evaluation.backends.base import GenerationStats, _progress, decode_completion, encode_pairs, encode_prompts
+from disc_ray.evaluation.backends.settings import (hf_generation_kwargs, resolve_backend_settings, resolve_device,
+                                                   resolve_dtype_name)
 from disc_ray.evaluation.data import check_tokenizer_files
-from disc_ray.evaluation.prompts import Prompt, context_window, encode_pair, encode_prompt, fit_pair_to_window
+from disc_ray.evaluation.prompts import Prompt, context_window
 from disc_ray.models import sdpa_without_cudnn
 
 
@@ -18,39 +21,45 @@ class HFBackend:
     """transformers on CPU or GPU. Prompts are sorted by length and generated in left-padded batches.
 
     Sampling is seeded per batch (``seed + batch_index``), so results are reproducible for a given
-    prompt list and batch size; greedy results do not depend on the batch size.
+    prompt list and batch size; greedy results do not depend on the batch size. Decoding and the window come
+    from :mod:`.settings` (``decoding``: ``top_p`` / ``top_k`` / ``repetition_penalty`` / ``max_model_len``
+    overrides, None: the model's); nothing else of the model's ``generation_config`` is applied.
     """
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, progress: bool = True, source: str | None = None):
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, progress: bool = True, source: str | None = None,
+                 **decoding):
+        from transformers import GenerationConfig
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.progress = progress
         self.source = source
         self.stats = GenerationStats()
-        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        self.settings = resolve_backend_settings(
+            "hf", tokenizer, getattr(model, "generation_config", None), model_window=context_window(model),
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."), **decoding)
+        self.stop_ids = list(self.settings.stop_token_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self._empty_generation_config = GenerationConfig()  # what generate() may fill unset fields from: nothing
 
     @classmethod
     def load(cls, name_or_path: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-             progress: bool = True, cache_dir: str | None = None) -> "HFBackend":
+             progress: bool = True, cache_dir: str | None = None, **decoding) -> "HFBackend":
         from disc_ray.models import load_model_and_tokenizer
 
         check_tokenizer_files(name_or_path)
         device = resolve_device(device)
-        model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=resolve_dtype(dtype, device), device=device,
+        dtype_name = resolve_dtype_name(dtype, on_cuda=device.startswith("cuda"))
+        model, tokenizer = load_model_and_tokenizer(name_or_path, dtype=getattr(torch, dtype_name), device=device,
                                                     cache_dir=cache_dir)
-        return cls(model, tokenizer, batch_size=batch_size, progress=progress, source=name_or_path)
+        return cls(model, tokenizer, batch_size=batch_size, progress=progress, source=name_or_path, **decoding)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def _max_prompt_tokens(self, max_new_tokens: int) -> int:
-        limit = getattr(self.model.config, "max_position_embeddings", None) or 1_000_000
-        return max(limit - max_new_tokens, 1)
 
     def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in sequences)
@@ -63,17 +72,12 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
+                 seed: int = 0, desc: str | None = None, top_p: float | None = None) -> list[list[str]]:
         from transformers import GenerationConfig
 
-        keep = self._max_prompt_tokens(max_new_tokens)
-        encoded = [encode_prompt(self.tokenizer, p)[-keep:] for p in prompts]
-        sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=n,
-            pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
-            **(dict(temperature=temperature, top_k=0, top_p=top_p) if sampling else {}),
-        )
+        decoding = self.settings.for_call(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, top_p=top_p)
+        encoded = encode_prompts(self.tokenizer, prompts, self.settings, max_new_tokens, self.stats)
+        config = GenerationConfig(**hf_generation_kwargs(decoding, self.pad_id))
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[str] | None] = [None] * len(encoded)
         started = time.perf_counter()
@@ -83,7 +87,7 @@ class HFBackend:
                 input_ids, attention_mask = self._left_pad([encoded[i] for i in rows])
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     torch.manual_seed(seed + batch_index)
-                    with sdpa_without_cudnn():
+                    with sdpa_without_cudnn(), self._only_shared_settings():
                         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
                 new_tokens = output[:, input_ids.shape[1]:].tolist()
                 for j, i in enumerate(rows):
@@ -96,18 +100,27 @@ class HFBackend:
         self.stats.seconds += time.perf_counter() - started
         return results  # type: ignore[return-value]
 
+    @contextlib.contextmanager
+    def _only_shared_settings(self):
+        """transformers fills every field ``config`` leaves unset from ``model.generation_config``; swap in an empty
+        one for the call so only the shared settings apply (as on vLLM)."""
+        stored = self.model.generation_config
+        self.model.generation_config = self._empty_generation_config
+        try:
+            yield
+        finally:
+            self.model.generation_config = stored
+
     @torch.no_grad()
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], *, desc: str | None = None) -> list[float]:
-        """Contexts longer than the model's window lose tokens from the left; a continuation that does not fit
+        """Contexts longer than the evaluation window lose tokens from the left (counted); a continuation that does not fit
         with one context token raises :class:`EvalInputError`. The model is probed first
         (:func:`disc_ray.model_check.check_model`): a :class:`ModelCheckError` if its scores would not be exact."""
         from disc_ray.model_check import check_model
         from disc_ray.objectives import chunked_linear_divergence, output_head
 
         check_model(self.model, self.tokenizer)
-        window = context_window(self.model)
-        encoded = [fit_pair_to_window(*encode_pair(self.tokenizer, context, continuation), window) for context, continuation in pairs]
-        encoded = [(ctx + cont, len(cont)) for ctx, cont in encoded]
+        encoded = [(ctx + cont, len(cont)) for ctx, cont in encode_pairs(self.tokenizer, pairs, self.settings, self.stats)]
         head = output_head(self.model)
         weight = head.weight.detach()
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))

@@ -8,52 +8,60 @@ from typing import Sequence
 
 import torch
 
-from disc_ray.evaluation.backends.base import GenerationStats, decode_completion, import_vllm, stop_token_ids
+from disc_ray.evaluation.backends.base import GenerationStats, decode_completion, encode_pairs, encode_prompts, import_vllm
+from disc_ray.evaluation.backends.settings import BackendSettings, vllm_sampling_kwargs
 from disc_ray.evaluation.config import VLLMConfig
 from disc_ray.evaluation.data import check_tokenizer_files
-from disc_ray.evaluation.prompts import Prompt, context_window, encode_pair, encode_prompt, fit_pair_to_window
+from disc_ray.evaluation.prompts import Prompt, context_window
+
+
+def load_vllm_model_settings(backend: str, name_or_path: str, *, dtype: str = "auto", cache_dir: str | None = None,
+                             **decoding) -> tuple[str, object, BackendSettings]:
+    """``(source, tokenizer, settings)`` of a model served by a vLLM engine: the same resolution as ``hf``
+    (:func:`~disc_ray.evaluation.backends.settings.resolve_backend_settings`) from the model folder's
+    ``generation_config.json`` and ``config.json``; the engine runs on CUDA, so ``auto`` is bfloat16."""
+    from transformers import AutoConfig
+
+    from disc_ray.evaluation.backends.settings import load_generation_config, resolve_backend_settings, resolve_dtype_name
+    from disc_ray.models import load_tokenizer, resolve_model_source
+
+    check_tokenizer_files(name_or_path)
+    source = resolve_model_source(name_or_path, cache_dir)
+    tokenizer = load_tokenizer(source)
+    settings = resolve_backend_settings(backend, tokenizer, load_generation_config(source),
+                                        model_window=context_window(AutoConfig.from_pretrained(source)),
+                                        dtype=resolve_dtype_name(dtype, on_cuda=True), **decoding)
+    return source, tokenizer, settings
 
 
 class VLLMBackend:
-    """One ``vllm.LLM`` offline engine. Prompts go in as token ids built by the shared prompt code."""
+    """One ``vllm.LLM`` offline engine. Prompts go in as token ids built by the shared prompt code, fitted to the
+    shared window; sampling parameters come from the shared settings (``generation_config="vllm"``: the engine
+    adds nothing of the model's own)."""
 
     name = "vllm"
 
     def __init__(self, name_or_path: str, *, settings: VLLMConfig | None = None, dtype: str = "auto", seed: int = 0,
-                 progress: bool = True, cache_dir: str | None = None):
-        from disc_ray.models import load_tokenizer, resolve_model_source
-
+                 progress: bool = True, cache_dir: str | None = None, **decoding):
         vllm = import_vllm()
-        check_tokenizer_files(name_or_path)
-        settings = settings or VLLMConfig()
-        self.source = resolve_model_source(name_or_path, cache_dir)
-        self.tokenizer = load_tokenizer(self.source)
+        engine = settings or VLLMConfig()
+        self.source, self.tokenizer, self.settings = load_vllm_model_settings("vllm", name_or_path, dtype=dtype,
+                                                                              cache_dir=cache_dir, **decoding)
         self.progress = progress
         self.stats = GenerationStats()
-        self.llm = vllm.LLM(model=self.source, tokenizer=self.source, dtype=dtype, seed=seed,
-                            tensor_parallel_size=settings.tensor_parallel_size, max_model_len=settings.max_model_len,
-                            gpu_memory_utilization=settings.gpu_memory_utilization)
-        generation_config = None
-        try:
-            from transformers import GenerationConfig
-
-            generation_config = GenerationConfig.from_pretrained(self.source)
-        except (OSError, ValueError):
-            pass
-        self.stop_ids = stop_token_ids(self.tokenizer, generation_config)
-        self.window = settings.max_model_len
-        if self.window is None:
-            from transformers import AutoConfig
-
-            self.window = context_window(AutoConfig.from_pretrained(self.source))
+        self.stop_ids = list(self.settings.stop_token_ids)
+        self.llm = vllm.LLM(model=self.source, tokenizer=self.source, dtype=self.settings.dtype, seed=seed,
+                            tensor_parallel_size=engine.tensor_parallel_size, max_model_len=self.settings.window,
+                            gpu_memory_utilization=engine.gpu_memory_utilization, generation_config="vllm")
 
     def generate(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0, max_new_tokens: int = 256,
-                 seed: int = 0, desc: str | None = None, top_p: float = 1.0) -> list[list[str]]:
+                 seed: int = 0, desc: str | None = None, top_p: float | None = None) -> list[list[str]]:
         from vllm import SamplingParams
 
-        encoded = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                                stop_token_ids=self.stop_ids, skip_special_tokens=True)
+        decoding = self.settings.for_call(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, top_p=top_p)
+        encoded = [{"prompt_token_ids": ids}
+                   for ids in encode_prompts(self.tokenizer, prompts, self.settings, max_new_tokens, self.stats)]
+        params = SamplingParams(**vllm_sampling_kwargs(decoding), skip_special_tokens=True)
         started = time.perf_counter()
         outputs = self.llm.generate(encoded, params, use_tqdm=self.progress)
         results = []
@@ -69,8 +77,7 @@ class VLLMBackend:
     def loglikelihood(self, pairs: Sequence[tuple[Prompt, str]], *, desc: str | None = None) -> list[float]:
         from vllm import SamplingParams
 
-        encoded = [fit_pair_to_window(*encode_pair(self.tokenizer, context, continuation), self.window)
-                   for context, continuation in pairs]
+        encoded = encode_pairs(self.tokenizer, pairs, self.settings, self.stats)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         outputs = self.llm.generate([{"prompt_token_ids": ctx + cont} for ctx, cont in encoded], params,
                                     use_tqdm=self.progress)
