@@ -64,6 +64,17 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A plain-text table for the console (columns left-aligned, two spaces apart, no trailing newline) of already
+    formatted cells. Raises ValueError as :func:`markdown_table` does."""
+    rows = [list(row) for row in rows]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"table row has {len(row)} cells for {len(header)} columns: {row[:3]}...")
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in (header, *rows))
+
+
 def write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> Path:
     """``rows`` as CSV with a header line: the ``columns`` (default: the first row's keys) in that order, keys
     outside them left out, ``None`` written as an empty cell, floats at full precision."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from disc_ray.evaluation.config import EvalConfig
-from disc_ray.evaluation.stats import format_ci
+from disc_ray.reporting import format_ci, text_table
 
 ROWS = (("domain_mcq", "by_kind.restated.prob_correct", "facts stated twice (restated)", 2),
         ("domain_mcq", "by_kind.single.prob_correct", "facts stated once (single)", 2),
@@ -76,12 +76,10 @@ def format_before_after(record: dict) -> str:
         else:
             change = format_ci(after - before, None, digits, signed=True)
         lines.append((label, format_ci(before, before_ci, digits), format_ci(after, after_ci, digits), change))
-    widths = [max(len(row[i]) for row in (header, *lines)) for i in range(4)]
-    render = lambda row: "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()  # noqa: E731
     mcq = record["suites"].get("domain_mcq", {})
     kinds = ", ".join(f"{kind} {sub.get('n')}" for kind, sub in (mcq.get("by_kind") or {}).items())
     notes = [f"Closed-book probes: {mcq.get('n')} questions ({kinds}); prob_correct = probability on the right option "
              "(points; 25 = indifferent on 4 options).",
              "Drift in nats/token on the original model's own answers to general prompts (0 = unchanged).",
              "* = the paired interval excludes 0 (the probes support a real change)."]
-    return "\n".join([render(header), *(render(row) for row in lines), "", *notes]) + "\n"
+    return "\n".join([text_table(header, lines), "", *notes]) + "\n"
