@@ -114,7 +114,8 @@ def peak_step_memory(step, batch, device) -> int:
 def bench_time(args) -> dict:
     from disc_ray.loop import build_teacher
     from disc_ray.models import sdpa_without_cudnn
-    from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, pack_lm_batch, reference_disc_loss
+    from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, pack_lm_batch
+    from disc_ray.reference import reference_disc_loss
 
     torch.set_num_threads(args.threads) if args.threads else None
     model, model_name = load_bench_model(args.model, args.dtype, args.device)
@@ -161,7 +162,8 @@ def bench_time(args) -> dict:
 def check_dtype(args) -> dict:
     """Packed DiSC in ``args.check_dtype`` vs the per-split reference in fp32 (same weights, same documents)."""
     from disc_ray.loop import build_teacher
-    from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, reference_disc_loss
+    from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch
+    from disc_ray.reference import reference_disc_loss
 
     model32, _ = load_bench_model(args.model, "float32", args.device)
     examples = load_examples(args)[: args.check_documents]

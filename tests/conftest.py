@@ -53,7 +53,8 @@ def local_ray():
 def assert_packed_loss_matches_reference(student, teacher, examples, cfg, *, loss_atol: float = 1e-6) -> None:
     """Packed ``compute_loss`` of ``examples`` equals the per-split ``reference_disc_loss``: loss and every
     parameter's gradient (rtol 1e-5; gradients atol 1e-5). Leaves the student's gradients zeroed."""
-    from disc_ray.objectives import compute_loss, pack_disc_batch, reference_disc_loss
+    from disc_ray.objectives import compute_loss, pack_disc_batch
+    from disc_ray.reference import reference_disc_loss
 
     def grads():
         return {n: p.grad.detach().clone() for n, p in student.named_parameters() if p.grad is not None}

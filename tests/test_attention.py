@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import torch.nn.functional as F
 
 from disc_ray.attention import PACKED_SDPA, PackedSDPA, register_packed_attention, segment_bounds
-from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch, reference_disc_loss
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_disc_batch
+from disc_ray.reference import reference_disc_loss
 from disc_ray.splits import SplitConfig, prepare_document
 
 

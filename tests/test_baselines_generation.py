@@ -13,7 +13,8 @@ from disc_ray.data.generation import GenerationCounts, GenerationSettings, gener
 from disc_ray.data.prepare import prepare_transfer_documents
 from disc_ray.evaluation.backends import HFBackend
 from disc_ray.loop import run_adaptation
-from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_batch, reference_lm_loss
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_batch
+from disc_ray.reference import reference_lm_loss
 from disc_ray.splits import SplitConfig, prepare_document
 
 

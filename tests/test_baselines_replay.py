@@ -10,7 +10,8 @@ import torch
 from disc_ray.config import TrainConfig
 from disc_ray.data.generation import GenerationSettings
 from disc_ray.loop import normalizer_of, pack_with_replay, run_adaptation
-from disc_ray.objectives import ObjectiveConfig, compute_loss, reference_lm_loss
+from disc_ray.objectives import ObjectiveConfig, compute_loss
+from disc_ray.reference import reference_lm_loss
 from disc_ray.replay import (ReplayExample, build_replay_pool, load_replay_records, reference_replay_loss, replay_due, take_replay,
                              tokenize_replay)
 from disc_ray.splits import SplitConfig, prepare_document

@@ -11,7 +11,8 @@ from disc_ray.config import AdaptConfig, ConfigError, TrainConfig, load_config
 from disc_ray.export import export_model
 from disc_ray.lora import apply_lora, merged_state_dict, parameter_counts
 from disc_ray.loop import run_adaptation
-from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_batch, reference_lm_loss
+from disc_ray.objectives import ObjectiveConfig, compute_loss, pack_batch
+from disc_ray.reference import reference_lm_loss
 from disc_ray.splits import SplitConfig, prepare_document
 
 NO_DROPOUT = ObjectiveConfig(name="lora", lora_dropout=0.0, chunk_size=50)

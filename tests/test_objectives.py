@@ -7,14 +7,8 @@ from conftest import assert_packed_loss_matches_reference
 
 from disc_ray.loop import build_lr_scheduler, build_optimizer, train_step
 from disc_ray.config import TrainConfig
-from disc_ray.objectives import (
-    ObjectiveConfig,
-    chunked_linear_divergence,
-    compute_loss,
-    pack_batch,
-    pack_disc_batch,
-    reference_lm_loss,
-)
+from disc_ray.objectives import ObjectiveConfig, chunked_linear_divergence, compute_loss, pack_batch, pack_disc_batch
+from disc_ray.reference import reference_lm_loss
 from disc_ray.splits import STRATEGIES, SplitConfig, prepare_document
 
 
