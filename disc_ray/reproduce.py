@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from disc_ray.config import ConfigError, apply_dotted, build_dataclass, field_type, parse_overrides, read_yaml_mapping
+from disc_ray.config import ConfigError, apply_dotted, build_dataclass, field_type, load_config, parse_overrides, read_yaml_mapping
 from disc_ray.evaluation.config import DEFAULT_MCQ_PATH
 from disc_ray.records import read_jsonl
 from disc_ray.reproduce_outputs import (  # noqa: F401  (re-exported: the command's tables, plots and constants)
@@ -142,7 +142,7 @@ def load_reproduce_config(argv: list[str]) -> tuple[ReproduceConfig, dict]:
     defaults = raw.pop("reproduce", None) or {}
     if not isinstance(defaults, dict) or {"preset", "config"} & set(defaults):
         raise ConfigError("reproduce: the preset file's reproduce section must be a mapping of keys other than preset/config")
-    return build_dataclass(ReproduceConfig, apply_dotted(defaults, cli)), raw
+    return load_config(ReproduceConfig, overrides=argv, preset=defaults), raw
 
 
 # --------------------------------------------------------------------------- inputs and the sweep file

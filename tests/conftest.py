@@ -40,6 +40,16 @@ def _core_tests_start_no_ray(request):
         pytest.fail("this test started Ray: mark it @pytest.mark.ray (it is not a core test)")
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin against each other.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray cluster for one test module (4 logical CPUs: 2 training workers + their data tasks)."""

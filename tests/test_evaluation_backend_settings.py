@@ -22,12 +22,7 @@ CHAT = [{"role": "user", "content": "Name a colour of the sky."}]
 LONG = "Tell me everything about the river that runs past the old harbour town, the fishermen and the sea. " * 3
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def settings_for(tokenizer, generation_config=None, **overrides):
