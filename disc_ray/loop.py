@@ -140,7 +140,7 @@ class PreparedCorpus:
     documents_read: int
     skipped: Counter = field(default_factory=Counter)
     generation: dict | None = None
-    """``rephrase`` / ``cd_base``: :class:`disc_ray.data.generation.GenerationCounts` as a dict."""
+    """``rephrase`` / ``cd_base``: :class:`disc_ray.data.config.GenerationCounts` as a dict."""
 
     def summary(self) -> str:
         skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items())) or "none"
@@ -229,7 +229,7 @@ def run_adaptation(student, tokenizer, documents: Iterable, *, train_cfg: TrainC
     torch.manual_seed(train_cfg.seed)
     skipped_by_generation, counts = Counter(), None
     if obj_cfg.generation_task:  # rephrase / cd_base: the initial model's text, before any training
-        from disc_ray.data.generation import GenerationCounts
+        from disc_ray.data.config import GenerationCounts
 
         counts = GenerationCounts()
         documents = generate_training_texts(student, tokenizer, list(documents), obj_cfg, skipped_by_generation, counts)

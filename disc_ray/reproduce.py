@@ -6,6 +6,7 @@ built-in synthetic corpus.
     python jobs/reproduce.py --quick --out ~/repro --model /models/Qwen2.5-0.5B-Instruct
     python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr,rephrase,cd_base   # every baseline
     python jobs/reproduce.py --config my_sweep.yaml  # a sweep file of your own in the presets' format
+    python jobs/reproduce.py --preset full --report-only true   # tables from the runs finished so far
 
 A preset is a sweep file, ``tune/spaces/reproduce_<preset>.yaml`` (:mod:`disc_ray.tuning.space`'s format) with
 one more section, ``reproduce:``, holding defaults of :class:`ReproduceConfig` (the corpus sizes). The command's
@@ -99,6 +100,10 @@ class ReproduceConfig:
     """The sweep file's ``scheduler`` section, e.g. ``--scheduler.drift_budget.max 1.0``."""
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Keys of the sweep file's ``resources`` section, e.g. ``--resources.trial_gpus 1``."""
+    report_only: bool = False
+    """Train and evaluate nothing: write the tables, plots and comparison from the runs finished so far (a preset
+    run in parts, or one still running in another process: Tune's state is only read). Runs not finished are
+    listed as ``unfinished``."""
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in ALL_METHODS]
@@ -245,9 +250,15 @@ def run_reproduction(cfg: ReproduceConfig, raw: dict, *, log=print) -> dict:
     log(f"[reproduce] {inputs['n_documents']} documents, {inputs['n_questions']} questions "
         f"({', '.join(f'{k} {n}' for k, n in inputs['kinds'].items())}); {experiment}")
     done = finished_runs(experiment)
-    if done:
+    if cfg.report_only:
+        log(f"[reproduce] report only: {len(done)} run(s) trained and evaluated so far")
+    elif done:
         log(f"[reproduce] resuming: {len(done)} run(s) already trained and evaluated are kept, the others run")
-    outcome = run_sweep(sweep)
+    outcome = run_sweep(sweep, select_only=cfg.report_only)
+    if cfg.report_only:
+        for record in outcome["records"]:
+            if record.status == "stopped" and record.note.endswith("before evaluation"):
+                record.status = "unfinished"
     outcome["baseline_eval"] = json.loads((experiment / "baseline" / "eval.json").read_text())
     outcome["per_method"] = select_per_method(outcome["records"], outcome["baseline"], sweep.selection)
     rows = run_rows(outcome, cfg.domain_metric)

@@ -48,7 +48,7 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
     baseline = outcome["baseline_eval"]["suites"]
     original = run_scores("original", baseline, [metric], [SKILL_METRIC])
     rows = [{"method": "original", "lr": None, "seed": None, "status": "", **_scores(baseline), "selected": "",
-             "scores": original}]
+             "scores": original, "suites": baseline}]
     order = lambda r: (ALL_METHODS.index(r.params["objective.name"]), r.params["train.lr"], r.params.get("train.seed", -1))  # noqa: E731
     for record in sorted(outcome["records"], key=order):
         suites = {}
@@ -58,7 +58,7 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
         label = f"{lr:.0e}" + ("" if seed is None else f" seed {seed}")
         scores = run_scores(f"{method} lr {label}", suites, [metric], [SKILL_METRIC])
         row = {"method": method, "lr": lr, "seed": seed, "trial_id": record.trial_id, "status": record.status,
-               **_scores(suites), "selected": "yes" if record.trial_id in outcome["per_method"].values() else "",
+               **_scores(suites), "suites": suites, "selected": "yes" if record.trial_id in outcome["per_method"].values() else "",
                "scores": scores,
                "frontier": frontier_point(method, label, scores, original, SKILL_METRIC) if suites else None}
         if record.status != "completed" and record.drift_kl is not None:
@@ -122,8 +122,8 @@ def write_tables(rows: list[dict], out: Path) -> tuple[Path, Path]:
 
 
 def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> tuple[Path, Path, Path]:
-    """``tradeoff.png`` (every run), ``retention_vs_lr.png`` and ``frontier.png`` (each method's frontier), with
-    95% intervals as error bars (IFEval changes: paired intervals)."""
+    """``tradeoff.png`` (every run), ``retention_vs_lr.png`` and ``frontier.png`` (each method's frontier over its
+    learning rates, seeds averaged), with 95% intervals as error bars (IFEval changes: paired intervals)."""
     from disc_ray.evaluation.frontier import BUDGETS, COLOURS, plot_frontiers
 
     original, runs = rows[0], rows[1:]
@@ -165,7 +165,7 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     ax.set_xlabel("learning rate")
     ax.set_ylabel("IFEval instruction-level strict (points)")
     save_figure(fig, ax, out / "retention_vs_lr.png", "Retention vs learning rate (95% intervals)")
-    frontier = plot_frontiers([r["frontier"] for r in runs if r.get("frontier") is not None], original["scores"],
+    frontier = plot_frontiers([c["frontier"] for c in configurations(rows)], original["scores"],
                               out / "frontier.png", budgets=BUDGETS, domain_label=domain_label,
                               skill_label="IFEval instruction-level strict")
     return out / "tradeoff.png", out / "retention_vs_lr.png", frontier
@@ -212,12 +212,99 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
         record = by_id[trial_id]
         row = next(r for r in rows[1:] if r.get("trial_id") == trial_id)
         change = row["frontier"].retention_ci if row.get("frontier") else None
-        lines.append(f"- {method}: lr {record.params['train.lr']:g}: {metric} "
+        seed = record.params.get("train.seed")
+        lines.append(f"- {method}: lr {num(record.params['train.lr'])}{'' if seed is None else f' (seed {seed})'}: {metric} "
                      f"{format_ci(row['scores'].domain, row['scores'].domain_ci)}, MCQ gen {num(row['mcq_gen'])}, "
                      f"MCQ ll {num(row['mcq_ll'])}, IFEval {num(row['ifeval_inst_strict'])} "
                      f"({format_ci(row['ifeval_change'], change, signed=True)}), drift KL {num(row['drift_kl'])}")
-    points = [r["frontier"] for r in rows[1:] if r.get("frontier") is not None]
+    configs = configurations(rows)
+    seeded = any(len(c["seeds"]) > 1 for c in configs)
+    chosen = select_configurations(configs, original["scores"], max_drop)
+    if seeded:
+        lines += ["", f"Paper's rule on the seed means (each learning rate's {max(len(c['seeds']) for c in configs)} seeds "
+                  "averaged per question and per prompt, so a lucky seed does not pick the rate):", ""]
+        for method, config in chosen.items():
+            lines.append(f"- {method}: " + ("no learning rate keeps IFEval within " f"{max_drop:g} points" if config is None else
+                         f"lr {num(config['lr'])}: {metric} {format_ci(config['scores'].domain, config['scores'].domain_ci)}"))
+    lines += ["", facts_markdown(configs, original, chosen).rstrip("\n")]
+    points = [c["frontier"] for c in configs if c.get("frontier") is not None]
     lines += ["", format_budget_markdown(best_at_budgets(points, BUDGETS), domain_metric=metric,
                                          skill="IFEval inst_strict").rstrip("\n"),
               "", "`frontier.png` draws each method's runs as domain score vs IFEval change, with these intervals."]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- seeds: per-item means per configuration
+
+
+FACT_SCORES = (("restated", "domain_mcq.by_kind.restated.prob_correct"), ("single", "domain_mcq.by_kind.single.prob_correct"),
+               (BIOASQ_KIND, f"domain_mcq.by_kind.{BIOASQ_KIND}.prob_correct"), ("IFEval inst strict", "ifeval.inst_strict"),
+               ("IFEval inst loose", "ifeval.inst_loose"))
+"""The columns of the what-was-learned table: correct-option probability per kind of question (a fact restated
+in other words, stated once, a BioASQ passage's question) and IFEval at instruction level, strict and loose."""
+
+
+def configurations(rows: list[dict]) -> list[dict]:
+    """The evaluated runs grouped by (method, learning rate), seeds averaged per item: ``{"method", "lr",
+    "seeds", "runs", "scores"`` (:func:`~disc_ray.evaluation.selection.average_runs`), ``"frontier"}``. One
+    seed: the run itself. Runs stopped early (no eval.json) are left out."""
+    from disc_ray.evaluation.frontier import frontier_point
+    from disc_ray.evaluation.selection import average_runs
+
+    groups: dict = {}
+    for row in rows[1:]:
+        if row.get("frontier") is not None:
+            groups.setdefault((row["method"], row["lr"]), []).append(row)
+    out = []
+    for (method, lr), runs in groups.items():
+        label = f"{lr:.0e}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+        scores = runs[0]["scores"] if len(runs) == 1 else average_runs(f"{method} lr {label}", [r["scores"] for r in runs])
+        out.append({"method": method, "lr": lr, "seeds": [r["seed"] for r in runs], "runs": runs, "scores": scores,
+                    "frontier": frontier_point(method, label, scores, rows[0]["scores"], SKILL_METRIC)})
+    return out
+
+
+def select_configurations(configs: list[dict], original, max_drop: float) -> dict:
+    """The paper's rule per method over its configurations' seed means: ``{method: config or None}``."""
+    from disc_ray.evaluation.selection import select_best
+
+    chosen = {}
+    for method in methods_run(configs):
+        own = {c["scores"].name: c for c in configs if c["method"] == method}
+        best = select_best([c["scores"] for c in own.values()], original, max_drop).best
+        chosen[method] = own.get(best)
+    return chosen
+
+
+def fact_deltas(config: dict, original: dict) -> dict:
+    """``{column: compare(...)}``: the configuration's seed-mean change vs the original per :data:`FACT_SCORES`
+    (points, paired 95% interval over the questions / prompts of that kind)."""
+    from disc_ray.evaluation.stats import compare, mean_over_runs, suite_items
+
+    out = {}
+    for column, dotted in FACT_SCORES:
+        items = [suite_items(run["suites"], dotted) for run in config["runs"]]
+        base = suite_items(original["suites"], dotted)
+        if base is not None and items and all(i is not None for i in items):
+            out[column] = compare(mean_over_runs(items), base)
+    return out
+
+
+def facts_markdown(configs: list[dict], original: dict, chosen: dict) -> str:
+    """What each configuration learned and kept: the change vs the original per kind of question and on IFEval
+    (seed means, paired 95% intervals), mean drift, and the configuration the paper's rule picks per method."""
+    columns = [c for c, _ in FACT_SCORES]
+    table = []
+    for config in configs:
+        deltas = fact_deltas(config, original)
+        drift = [r["drift_kl"] for r in config["runs"] if r.get("drift_kl") is not None]
+        table.append([config["method"], format_number(config["lr"], small="exponent"), str(len(config["seeds"])),
+                      *[format_ci(d["delta"], d["ci"], signed=True) + ("" if d["outside"] else " ~")
+                        if (d := deltas.get(c)) else "-" for c in columns],
+                      format_number(sum(drift) / len(drift) if drift else None, small="exponent"),
+                      "yes" if chosen.get(config["method"]) is config else ""])
+    header = ("method", "lr", "seeds", *(f"change {c}" for c in columns), "drift KL", "selected")
+    return ("## What each configuration learned and kept\n\nChange vs the original (points of correct-option "
+            "probability per kind of question; IFEval instruction level), seeds averaged per item, with paired 95% "
+            "intervals; `~`: 0 is inside the interval. `selected`: the paper's rule on these means.\n\n"
+            + markdown_table(header, table) + "\n")

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from disc_ray.data import generation as gen
-from disc_ray.data.generation import GenerationCounts, GenerationSettings, generate_for_documents, module_identity
+from disc_ray.data.config import GenerationCounts
+from disc_ray.data.generation import GenerationSettings, generate_for_documents, module_identity
 from disc_ray.data.prepare import prepare_transfer_documents
 from disc_ray.evaluation.backends import HFBackend
 from disc_ray.loop import run_adaptation

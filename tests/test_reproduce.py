@@ -205,6 +205,11 @@ def test_experiment_end_to_end_selects_per_method_by_the_papers_rule(tmp_path, t
     for name in ("tradeoff.png", "retention_vs_lr.png"):
         assert (experiment / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert METHODS == ("ft", "ft_kl", "disc") and set(ALL_METHODS) >= {"disc", "ft", "ft_kl", "lora", "talr"}
+    evaluated = {p: p.stat().st_mtime_ns for p in experiment.glob("runs/*/model/eval/eval.json")}
+    run_reproduction(*load_reproduce_config(argv + ["--report-only", "true"]), log=lambda *_: None)
+    with (experiment / "results.csv").open() as f:  # report only: the same tables from the runs on disk, none rerun
+        assert list(csv.DictReader(f)) == rows
+    assert {p: p.stat().st_mtime_ns for p in experiment.glob("runs/*/model/eval/eval.json")} == evaluated
 
 
 # --------------------------------------------------------------------------- matched retention (no Ray)
@@ -270,3 +275,65 @@ def test_matched_retention_compares_each_methods_best_run_within_the_budget(tmp_
     paths = plot(rows, tmp_path, 5.0, "prob")
     assert [p.name for p in paths] == ["tradeoff.png", "retention_vs_lr.png", "frontier.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_seeds_are_averaged_per_item_before_the_rule_and_the_fact_table(tmp_path):
+    """ft at 1e-4 has one lucky seed (+30 on restated, +0 on the other) and ft at 3e-4 two steady ones (+20, +20):
+    the per-run rule takes the lucky run, the rule on seed means takes 3e-4 (mean +20 > +15). The fact table gives
+    each configuration's seed-mean change per kind with a paired interval: restated moves, single does not."""
+    import numpy as np
+
+    from disc_ray.evaluation.stats import BootstrapConfig, ItemValues, attach_intervals, mean_over_runs, per_item_table
+    from disc_ray.reproduce import comparison_text, run_rows
+    from disc_ray.reproduce_outputs import configurations, fact_deltas
+    from disc_ray.tuning.selection import TrialRecord
+
+    settings = BootstrapConfig()
+    rng = np.random.default_rng(1)
+    kinds = ["restated"] * 30 + ["single"] * 30
+    base = rng.uniform(15, 40, 60)
+
+    def suites(restated_gain):
+        prob = base + np.where(np.array(kinds) == "restated", restated_gain, 0.0) + rng.normal(0, 1.0, 60)
+        by_kind = {k: {"prob_correct": float(prob[np.array(kinds) == k].mean())} for k in ("restated", "single")}
+        mcq = {"prob_correct": float(prob.mean()), "by_kind": by_kind,
+               "per_item": per_item_table([f"q{i}" for i in range(60)], {"prob_correct": list(prob)}, groups={"by_kind": kinds})}
+        followed = [100.0] * 40 + [0.0] * 40
+        ifeval = {"inst_strict": 50.0, "inst_loose": 50.0,
+                  "per_item": per_item_table([f"p{i}" for i in range(80)], {"inst_strict": followed, "inst_loose": followed},
+                                             weights={"inst_strict": [1] * 80, "inst_loose": [1] * 80})}
+        return {"domain_mcq": attach_intervals(mcq, settings), "ifeval": attach_intervals(ifeval, settings)}
+
+    plan = [(1e-4, 0, 30.0), (1e-4, 1, 0.0), (3e-4, 0, 20.0), (3e-4, 1, 20.0)]
+    records = []
+    for i, (lr, seed, gain) in enumerate(plan):
+        model_dir = tmp_path / f"run{i}"
+        (model_dir / "eval").mkdir(parents=True)
+        (model_dir / "eval" / "eval.json").write_text(json.dumps({"suites": suites(gain)}))
+        records.append(TrialRecord(f"t{i}", {"objective.name": "ft", "train.lr": lr, "train.seed": seed}, "completed",
+                                   model_dir=str(model_dir)))
+    outcome = {"baseline_eval": {"suites": suites(0.0)}, "records": records, "per_method": {"ft": "t0"}}
+    rows = run_rows(outcome, "prob")
+    configs = configurations(rows)
+    assert [(c["lr"], c["seeds"]) for c in configs] == [(1e-4, [0, 1]), (3e-4, [0, 1])]
+    lucky, steady = configs
+    per_item = [r["scores"].domain_items.values for r in lucky["runs"]]
+    assert lucky["scores"].domain == pytest.approx(float(np.mean((per_item[0] + per_item[1]) / 2)))
+    assert lucky["scores"].domain_ci[0] < lucky["scores"].domain < lucky["scores"].domain_ci[1]
+    assert fact_deltas(lucky, rows[0])["restated"]["delta"] == pytest.approx(15.0, abs=1.0)
+    steady_deltas = fact_deltas(steady, rows[0])
+    assert steady_deltas["restated"]["outside"] and steady_deltas["restated"]["delta"] == pytest.approx(20.0, abs=1.0)
+    assert not steady_deltas["single"]["outside"] and steady_deltas["IFEval inst loose"]["delta"] == 0.0
+    text = comparison_text(rows, outcome["per_method"], records, 5.0, "prob")
+    assert "- ft: lr 1e-04 (seed 0):" in text.split("seed means")[0]  # the per-run rule: the lucky seed's run
+    assert "- ft: lr 3e-04:" in text.split("seed means")[1].split("##")[0]  # on seed means: the steady rate
+    fact_rows = [line for line in text.splitlines() if line.startswith("| ft | ")]
+    assert fact_rows[1].startswith("| ft | 3e-04 | 2 | +2") and fact_rows[1].endswith("| yes |")
+    assert "(lr 3e-04 (2 seeds);" in text  # matched retention compares the seed means too
+
+    a = ItemValues(("x", "y", "z"), np.array([1.0, 2.0, 3.0]))
+    b = ItemValues(("z", "x"), np.array([5.0, 3.0]))
+    mean = mean_over_runs([a, b])
+    assert mean.ids == ("x", "z") and list(mean.values) == [2.0, 4.0]  # shared items, aligned by id
+    with pytest.raises(ValueError, match="weigh the same items differently"):
+        mean_over_runs([ItemValues(("x",), np.array([1.0]), np.array([2.0])), ItemValues(("x",), np.array([1.0]), np.array([3.0]))])

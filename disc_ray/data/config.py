@@ -99,6 +99,49 @@ class DataConfig:
 
 
 @dataclass
+class GenerationCounts:
+    """What the generation stage (``rephrase`` / ``cd_base``, :mod:`disc_ray.data.generation`) did, counted the same
+    way in process and in the corpus pipeline: documents ``generated`` now, taken from the ``cached`` generations,
+    ``empty`` (dropped), ``truncated`` (reached max_new_tokens: kept, or dropped under ``on_truncated: skip``; a
+    subset of generated + cached). ``generated_tokens`` / ``seconds``: None where not measured (the pipeline counts
+    from the rows it wrote)."""
+
+    generated: int = 0
+    cached: int = 0
+    empty: int = 0
+    truncated: int = 0
+    generated_tokens: int | None = None
+    seconds: float | None = None
+
+    def count(self, *, cached: bool, truncated: bool = False, empty: bool = False, tokens: int | None = None) -> None:
+        """One document's generation."""
+        self.cached += cached
+        self.generated += not cached
+        self.empty += empty
+        self.truncated += truncated
+        if tokens is not None and not cached:
+            self.generated_tokens = (self.generated_tokens or 0) + tokens
+
+    def add(self, generation) -> None:
+        """One :class:`disc_ray.data.generation.Generation`."""
+        self.count(cached=generation.cached, truncated=generation.truncated, empty=generation.empty,
+                   tokens=generation.generated_tokens)
+
+    def as_dict(self) -> dict:
+        """The counts; the unmeasured fields left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def format(self) -> str:
+        """``generation: 2 documents generated (256 tokens, 14.20 s/document), 0 from the cache; 0 empty (dropped),
+        2 reached max_new_tokens``."""
+        detail = [f"{self.generated_tokens:,} tokens"] if self.generated_tokens is not None and self.generated else []
+        detail += [f"{self.seconds / self.generated:.2f} s/document"] if self.generated and self.seconds else []
+        extra = f" ({', '.join(detail)})" if detail else ""
+        return (f"generation: {self.generated:,} documents generated{extra}, "
+                f"{self.cached:,} from the cache; {self.empty:,} empty (dropped), {self.truncated:,} reached max_new_tokens")
+
+
+@dataclass
 class DataReport:
     """What the pipeline did: every record read is either kept or dropped for a counted reason."""
 
@@ -124,9 +167,7 @@ class DataReport:
     special_token_text: int = 0
     """Kept documents whose text holds a special token's string (e.g. ``<|im_end|>``), tokenized as text."""
     generation: dict[str, int] = field(default_factory=dict)
-    """``rephrase`` / ``cd_base`` only (:mod:`disc_ray.data.generation`): documents ``generated`` now, taken from the
-    ``cached`` generations, ``empty`` (dropped), ``truncated`` (reached max_new_tokens: kept, or dropped under
-    ``on_truncated: skip``)."""
+    """``rephrase`` / ``cd_base`` only: :class:`GenerationCounts` as a dict."""
     output_dir: str = ""
     rejects_path: str = ""
     seconds: float = 0.0
@@ -160,9 +201,7 @@ class DataReport:
         lines.append(f"  segmentation: {self.token_window_fallback:,} documents without a sentence boundary cut into token windows; "
                      f"{self.special_token_text:,} documents hold special-token text (tokenized as text)")
         if self.generation:
-            g = self.generation
-            lines.append(f"  generation: {g.get('generated', 0):,} documents generated, {g.get('cached', 0):,} from the cache; "
-                         f"{g.get('empty', 0):,} empty (dropped), {g.get('truncated', 0):,} reached max_new_tokens")
+            lines.append("  " + GenerationCounts(**self.generation).format())
         if stats:
             lines.append("  tokens per example: " + ", ".join(f"{k} {v:,.0f}" if k != "mean" else f"{k} {v:,.1f}" for k, v in stats.items()))
         if self.dropped.get("missing_field", 0) == self.records_read > 0:

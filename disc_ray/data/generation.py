@@ -24,13 +24,14 @@ each) between cleaning and tokenization; :func:`generate_for_documents` is the s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from disc_ray.data.config import GenerationCounts
 
 REPHRASE_SYSTEM = "You are a helpful writing assistant."
 REPHRASE_USER = ("Rewrite the following article in your own words. Keep every fact, name and number; do not add "
@@ -199,33 +200,6 @@ class Generation:
         return not self.text.strip()
 
 
-@dataclass
-class GenerationCounts:
-    """What the stage did: documents generated now, taken from the cache, empty, truncated (a subset of both)."""
-
-    generated: int = 0
-    cached: int = 0
-    empty: int = 0
-    truncated: int = 0
-    generated_tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, generation: Generation) -> None:
-        self.cached += generation.cached
-        self.generated += not generation.cached
-        self.empty += generation.empty
-        self.truncated += generation.truncated
-        self.generated_tokens += 0 if generation.cached else generation.generated_tokens
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def format(self) -> str:
-        rate = f", {self.seconds / self.generated:.2f} s/document" if self.generated and self.seconds else ""
-        return (f"generation: {self.generated} documents generated ({self.generated_tokens:,} tokens{rate}), {self.cached} from the "
-                f"cache; {self.empty} empty, {self.truncated} reached max_new_tokens")
-
-
 def load_generation_backend(model_source: str, settings: GenerationSettings):
     """The evaluation layer's engine ``settings.backend`` names, loaded from ``model_source`` (progress bars off: the
     stage shows its own)."""
@@ -268,7 +242,7 @@ def generate_for_documents(documents: list[str], backend, task: str, settings: G
                             "sampling": settings.sampling})
         counts.add(generation)
         results.append(generation)
-    counts.seconds += time.perf_counter() - started
+    counts.seconds = (counts.seconds or 0.0) + time.perf_counter() - started
     return results
 
 

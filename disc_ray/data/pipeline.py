@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from disc_ray.data.cleaning import clean_block
 from disc_ray.data.config import (_LINE_FORMATS, KEPT_DIR, REJECTED_DIR, REJECTS_FILE, REPORT_FILE, TRAIN_COLUMNS, DataConfig,
-                                    DataError, DataReport)
+                                    DataError, DataReport, GenerationCounts)
 from disc_ray.data.dedupe import _parquet_files, drop_duplicates
 from disc_ray.data.prepare import OUTPUT_SCHEMA, prepare_block
 from disc_ray.data.readers import read_units
@@ -171,12 +171,11 @@ def _summarize(out: Path, rejects_path: Path, report: DataReport, max_length: in
     """Count everything from the written rows (small columns only, streamed) and write the rejects file."""
     histogram = np.zeros(max_length + 1, dtype=np.int64)
     cleaned = {"unicode_normalized": 0, "whitespace_collapsed": 0}
-    generation = {"generated": 0, "cached": 0, "empty": 0, "truncated": 0}
+    generation = GenerationCounts()
 
-    def count_generation(cached, truncated) -> None:  # per document; None: not generated
+    def count_generation(cached, truncated, empty=False) -> None:  # per document; None: not generated
         if cached is not None:
-            generation["cached" if cached else "generated"] += 1
-            generation["truncated"] += bool(truncated)
+            generation.count(cached=cached, truncated=bool(truncated), empty=empty)
 
     for path in _parquet_files(out / KEPT_DIR):
         for batch in pq.ParquetFile(path).iter_batches(columns=["num_tokens", "example_index", "split_starts", "split_ends",
@@ -206,14 +205,14 @@ def _summarize(out: Path, rejects_path: Path, report: DataReport, max_length: in
                                                                      "generation_cached", "generation_truncated"]):
                 for record in batch.to_pylist():
                     dropped[record["reason"]] = dropped.get(record["reason"], 0) + 1
-                    count_generation(record["generation_cached"], record["generation_truncated"])
-                    generation["empty"] += record["reason"] == "generation_empty"
+                    count_generation(record["generation_cached"], record["generation_truncated"],
+                                     empty=record["reason"] == "generation_empty")
                     for rule in cleaned:
                         cleaned[rule] += bool(record[rule])
                     rejects.write(json.dumps({"path": record["source"], "row": record["row"], "line": record["line"], "reason": record["reason"],
                                               "detail": record["detail"], "preview": record["preview"]}, ensure_ascii=False) + "\n")
     report.dropped = dict(sorted(dropped.items()))
-    report.generation = generation if generation["generated"] + generation["cached"] else {}
+    report.generation = generation.as_dict() if generation.generated + generation.cached else {}
     report.cleaned = {rule: n for rule, n in cleaned.items() if n}
     report.records_read = report.documents_kept + sum(dropped.values())
     report.examples = int(histogram.sum())

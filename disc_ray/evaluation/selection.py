@@ -19,7 +19,8 @@ import dataclasses
 from typing import Mapping, Sequence
 
 from disc_ray.evaluation.config import LM_EVAL_PREFIX
-from disc_ray.evaluation.stats import DEFAULT_BOOTSTRAP, BootstrapConfig, ItemValues, compare, suite_items
+from disc_ray.evaluation.stats import (DEFAULT_BOOTSTRAP, BootstrapConfig, ItemValues, bootstrap_interval, compare,
+                                      mean_over_runs, suite_items)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,35 @@ def run_scores(name: str, suites: Mapping, domain_metrics: Sequence[str], skill_
     return RunScores(name, domain, domain_metric, skills,
                      domain_ci=lookup_ci(suites, domain_metric) if domain_metric else None, skill_cis=skill_cis,
                      domain_items=suite_items(suites, domain_metric) if domain_metric else None, skill_items=skill_items)
+
+
+def average_runs(name: str, runs: Sequence[RunScores], settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> RunScores:
+    """Repeated runs of one configuration (seeds) as one: every score with per-item values in all runs becomes
+    the score of the per-item means (:func:`~disc_ray.evaluation.stats.mean_over_runs`) with a fresh bootstrap
+    interval over the items; a score without per-item values in every run is the plain mean of the runs' scores
+    (no interval). Raises ``ValueError`` for no runs or runs on different domain metrics."""
+    if not runs:
+        raise ValueError("average_runs needs at least one run")
+    if len({r.domain_metric for r in runs}) != 1:
+        raise ValueError(f"average_runs: the runs have different domain metrics {sorted({str(r.domain_metric) for r in runs})}")
+
+    def combine(values: list, items: list) -> tuple:
+        if any(v is None for v in values):
+            return None, None, None
+        if all(i is not None for i in items):
+            mean = mean_over_runs(items)
+            return mean.score, bootstrap_interval(mean.values, mean.weights, settings=settings), mean
+        return sum(values) / len(values), None, None
+
+    domain, domain_ci, domain_items = combine([r.domain for r in runs], [r.domain_items for r in runs])
+    skills, skill_cis, skill_items = {}, {}, {}
+    for skill in [s for s in runs[0].skills if all(s in r.skills for r in runs)]:
+        value, ci, items = combine([r.skills[skill] for r in runs], [r.skill_items.get(skill) for r in runs])
+        skills[skill] = value
+        if ci is not None:
+            skill_cis[skill], skill_items[skill] = ci, items
+    return RunScores(name, domain, runs[0].domain_metric, skills, domain_ci=domain_ci, skill_cis=skill_cis,
+                     domain_items=domain_items, skill_items=skill_items)
 
 
 def drop_intervals(run: RunScores, baseline: RunScores, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict:

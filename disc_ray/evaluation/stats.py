@@ -200,6 +200,26 @@ def pair_items(a: ItemValues, b: ItemValues) -> tuple[ItemValues, ItemValues]:
     return take(a, keep_a), take(b, keep_b)
 
 
+def mean_over_runs(runs: Sequence[ItemValues]) -> ItemValues:
+    """The per-item mean of one metric over repeated runs of one configuration (seeds), on the items every run
+    answered, in the first run's order: ``values[i] = mean_r runs[r].values[i]``. Paired comparisons of such
+    means resample items, as for one run; averaging first removes part of the seed noise from each item.
+
+    Raises ``ValueError`` for no runs, or when ratio metrics' weights (e.g. IFEval's instructions per prompt)
+    differ between runs on a shared item (then they were not the same items)."""
+    if not runs:
+        raise ValueError("mean_over_runs needs at least one run")
+    others = [set(r.ids) for r in runs[1:]]
+    ids = [i for i in runs[0].ids if all(i in other for other in others)]
+    aligned = [pair_items(ItemValues(tuple(ids), np.zeros(len(ids))), r)[1] for r in runs]
+    values = np.mean([r.values for r in aligned], axis=0) if ids else np.zeros(0)
+    weights = aligned[0].weights
+    if any((r.weights is None) != (weights is None) or (weights is not None and not np.array_equal(r.weights, weights))
+           for r in aligned[1:]):
+        raise ValueError("mean_over_runs: the runs weigh the same items differently (not the same items)")
+    return ItemValues(tuple(ids), values, weights)
+
+
 def compare(a: ItemValues, b: ItemValues, settings: BootstrapConfig = DEFAULT_BOOTSTRAP) -> dict | None:
     """``{"delta", "ci", "n", "outside"}`` for ``a - b`` on the items both answered (paired bootstrap);
     ``outside``: the interval excludes 0 and at least :data:`MIN_ITEMS_FOR_CLAIM` items are shared. None when
