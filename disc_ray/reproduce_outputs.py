@@ -206,6 +206,9 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
              f"IFEval {format_ci(original['ifeval_inst_strict'], [original['ifeval_inst_strict_ci_low'], original['ifeval_inst_strict_ci_high']])}). "
              "Intervals: 95% bootstrap over questions / prompts; changes vs the original are paired.", ""]
     for method, trial_id in per_method.items():
+        if not any(r["method"] == method and r.get("frontier") is not None for r in rows[1:]):
+            lines.append(f"- {method}: no run evaluated (unfinished, or stopped before evaluation)")
+            continue
         if trial_id is None:
             lines.append(f"- {method}: no learning rate keeps IFEval within {max_drop:g} points")
             continue

@@ -81,6 +81,19 @@ def test_seeded_subset_is_fixed_by_seed_and_keeps_order():
     assert seeded_subset(items, None, seed=0) == items and seeded_subset(items, 500, seed=0) == items
 
 
+def test_a_recorded_config_matches_across_checkouts_of_the_same_files(tmp_path):
+    """An eval.json written from another checkout names the same IFEval file as ``<checkout>/../shared/...``: the
+    same evaluation (reused by sweeps and resumes); another file, or any other value, is not."""
+    cfg = EvalConfig(limit=8)
+    recorded = json.loads(json.dumps(cfg.to_dict()))
+    ifeval = Path(cfg.ifeval_path)  # <repo>/../shared/data/ifeval/input_data.jsonl, as an older default wrote it
+    recorded["ifeval_path"] = str(ifeval.parents[3] / "some-checkout" / ".." / "shared" / "data" / "ifeval" / ifeval.name)
+    assert recorded["ifeval_path"] != cfg.ifeval_path and cfg.matches(recorded)
+    assert not cfg.matches({**recorded, "ifeval_path": str(tmp_path / "input_data.jsonl")})
+    assert not cfg.matches({**recorded, "limit": 16}) and not cfg.matches(None)
+    assert not cfg.matches({k: v for k, v in recorded.items() if k != "limit"})
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(EvalInputError, match="unknown suite"):
         EvalConfig(suites=("domain_mcq", "mmlu"))

@@ -159,6 +159,25 @@ def test_running_the_same_command_again_resumes_and_skips_finished_runs(tmp_path
         check_resume(changed)
 
 
+def test_select_only_never_evaluates_the_original(tmp_path):
+    """--select-only / --report-only read what is on disk: without the original's evaluation (or with one made
+    with other settings) they stop with one line instead of spending minutes evaluating it."""
+    from disc_ray.tuning.driver import prepare_baseline
+
+    _, _, sweep = _sweep(["--quick", "--documents", "2", "--synthetic-documents", "1"], tmp_path)
+    with pytest.raises(ConfigError, match="no evaluation of the original with this sweep's settings"):
+        prepare_baseline(sweep, "original-dir", evaluate=False)
+    (sweep.sweep_dir / "baseline").mkdir(parents=True)
+    (sweep.sweep_dir / "baseline" / "drift_references.jsonl").write_text("")
+    (sweep.sweep_dir / "baseline" / "eval.json").write_text(json.dumps(
+        {"config": {**sweep.evaluation.to_dict(), "limit": 999}, "model": "original-dir"}))
+    with pytest.raises(ConfigError, match="no evaluation of the original"):
+        prepare_baseline(sweep, "original-dir", evaluate=False)
+    (sweep.sweep_dir / "baseline" / "eval.json").write_text(json.dumps(
+        {"config": json.loads(json.dumps(sweep.evaluation.to_dict())), "model": "original-dir"}))
+    assert prepare_baseline(sweep, "original-dir", evaluate=False) == (sweep.sweep_dir / "baseline", [])
+
+
 @pytest.fixture()
 def ray_stopped_after():
     """The experiment starts a local Ray cluster (as the command does); later test modules start their own."""

@@ -8,10 +8,13 @@ Every knob has a CPU-friendly default; the GPU settings live in :class:`VLLMConf
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
+from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_MCQ_PATH = SHARED_DATA / "bioasq_mcq" / "bioasq_mcq_hardest_full.jsonl"
 DEFAULT_IFEVAL_PATH = SHARED_DATA / "ifeval" / "input_data.jsonl"
 
@@ -174,6 +177,19 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def matches(self, recorded: Mapping | None) -> bool:
+        """Whether ``recorded`` (an ``eval.json["config"]``) asks for the same evaluation as this config: the same
+        keys and values, file paths (``*_path`` keys) compared as resolved real paths, so an evaluation written
+        from another checkout of the same files (``/a/repo/../shared/x`` vs ``/b/repo/../shared/x``) is reused."""
+        mine = json.loads(json.dumps(self.to_dict()))
+        if not isinstance(recorded, Mapping) or set(recorded) != set(mine):
+            return False
+
+        def canonical(key: str, value):
+            return os.path.realpath(os.path.expanduser(value)) if key.endswith("_path") and isinstance(value, str) else value
+
+        return all(canonical(k, recorded[k]) == canonical(k, v) for k, v in mine.items())
 
     def bootstrap(self):
         """The :class:`~disc_ray.evaluation.stats.BootstrapConfig` of this run."""

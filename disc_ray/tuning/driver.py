@@ -118,8 +118,9 @@ def _evaluate_original(model_source: str, eval_cfg, drift_prompts_limit: int | N
     return record, samples, references[:drift_prompts_limit] if drift_prompts_limit else references
 
 
-def prepare_baseline(sweep: Sweep, model_source: str) -> tuple[Path, list[dict]]:
-    """Evaluate the original once per sweep (reused when its settings have not changed)."""
+def prepare_baseline(sweep: Sweep, model_source: str, *, evaluate: bool = True) -> tuple[Path, list[dict]]:
+    """Evaluate the original once per sweep (reused when its settings have not changed). ``evaluate=False``
+    (``--select-only``): reuse it or raise ConfigError, never evaluate."""
     import ray
 
     from disc_ray.evaluation.runner import write_outputs
@@ -129,10 +130,13 @@ def prepare_baseline(sweep: Sweep, model_source: str) -> tuple[Path, list[dict]]
     previous = out_dir / "eval.json"
     if previous.exists() and references_path.exists():
         record = json.loads(previous.read_text())
-        if record.get("config") == json.loads(json.dumps(sweep.evaluation.to_dict())) and record.get("model") == model_source:
+        if sweep.evaluation.matches(record.get("config")) and record.get("model") == model_source:
             references = load_jsonl(references_path)
             log(f"original model: reusing its evaluation in {previous}")
             return out_dir, references[:sweep.drift.num_prompts] if sweep.drift.num_prompts else references
+    if not evaluate:
+        raise ConfigError(f"no evaluation of the original with this sweep's settings in {out_dir}; run the sweep "
+                          "(not --select-only) to evaluate it")
     log(f"evaluating the original model {model_source} once for the whole sweep ({', '.join(sweep.evaluation.suites)})")
     started = time.perf_counter()
     task = ray.remote(num_cpus=sweep.resources.trial_cpus, num_gpus=sweep.resources.trial_gpus)(_evaluate_original)
@@ -364,7 +368,7 @@ def run_sweep(sweep: Sweep, *, resume: bool | None = None, select_only: bool = F
         raise ConfigError(f"one trial needs {demand} but the local cluster has {ray.cluster_resources()}; "
                           "raise sweep.num_cpus or lower workers.num_workers / data.concurrency / resources")
     concurrency = sweep.max_concurrent_trials or max(fits, 1)
-    baseline_dir, references = prepare_baseline(sweep, model_source)
+    baseline_dir, references = prepare_baseline(sweep, model_source, evaluate=not select_only)
     context = TrialContext(sweep=sweep, model_source=model_source, baseline_dir=str(baseline_dir),
                            drift_records=tuple(references))
     trainable = build_trainable(sweep, context)

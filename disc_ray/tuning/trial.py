@@ -202,7 +202,7 @@ def evaluate_trial(model_dir: Path, trial_id: str, context: TrialContext) -> dic
     previous = out_dir / "eval.json"
     if previous.exists():
         record = json.loads(previous.read_text())
-        if record.get("config") == json.loads(json.dumps(cfg.to_dict())) and record.get("baseline", {}).get("model") == context.model_source:
+        if cfg.matches(record.get("config")) and record.get("baseline", {}).get("model") == context.model_source:
             return record
     return evaluate(str(model_dir), cfg, baseline=context.baseline_dir, out_dir=out_dir, name=f"trial_{trial_id}")
 
