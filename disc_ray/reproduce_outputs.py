@@ -49,13 +49,17 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
     original = run_scores("original", baseline, [metric], [SKILL_METRIC])
     rows = [{"method": "original", "lr": None, "seed": None, "status": "", **_scores(baseline), "selected": "",
              "scores": original, "suites": baseline}]
-    order = lambda r: (ALL_METHODS.index(r.params["objective.name"]), r.params["train.lr"], r.params.get("train.seed", -1))  # noqa: E731
+    def order(record) -> tuple:  # a trial without its parameters (no params.json) last
+        method = record.params.get("objective.name")
+        return (ALL_METHODS.index(method) if method in ALL_METHODS else len(ALL_METHODS), record.params.get("train.lr") or 0.0,
+                record.params.get("train.seed") or -1, record.trial_id)
+
     for record in sorted(outcome["records"], key=order):
         suites = {}
         if record.model_dir and (Path(record.model_dir) / "eval" / "eval.json").exists():
             suites = json.loads((Path(record.model_dir) / "eval" / "eval.json").read_text())["suites"]
-        method, lr, seed = record.params["objective.name"], record.params["train.lr"], record.params.get("train.seed")
-        label = f"{lr:.0e}" + ("" if seed is None else f" seed {seed}")
+        method, lr, seed = record.params.get("objective.name"), record.params.get("train.lr"), record.params.get("train.seed")
+        label = ("?" if lr is None else f"{lr:.0e}") + ("" if seed is None else f" seed {seed}")
         scores = run_scores(f"{method} lr {label}", suites, [metric], [SKILL_METRIC])
         row = {"method": method, "lr": lr, "seed": seed, "trial_id": record.trial_id, "status": record.status,
                **_scores(suites), "suites": suites, "selected": "yes" if record.trial_id in outcome["per_method"].values() else "",

@@ -178,6 +178,31 @@ def test_select_only_never_evaluates_the_original(tmp_path):
     assert prepare_baseline(sweep, "original-dir", evaluate=False) == (sweep.sweep_dir / "baseline", [])
 
 
+def test_a_trial_that_failed_before_reporting_keeps_its_method_and_lr_in_the_tables(tmp_path):
+    """Tune's Result of a trial whose process died at start (seen in the full preset: a worker killed while
+    starting) has no config; its row must still say which method and LR failed, and the reproduction's tables
+    must be written (report-only crashed on it)."""
+    from ray.tune import Result
+
+    from disc_ray.reproduce import run_rows
+    from disc_ray.tuning.driver import trial_records
+
+    _, _, sweep = _sweep(["--quick", "--documents", "2", "--synthetic-documents", "1"], tmp_path)
+    failed = tmp_path / "trial_abc_00002"
+    failed.mkdir()
+    (failed / "params.json").write_text(json.dumps({"objective.name": "disc", "train.lr": 1e-4}))
+    results = [Result(metrics=None, checkpoint=None, error=RuntimeError("The actor died unexpectedly"), path=str(failed)),
+               Result(metrics=None, checkpoint=None, error=RuntimeError("no params either"), path=str(tmp_path / "trial_abc_00003"))]
+    records = trial_records(results, sweep)
+    assert [(r.trial_id, r.status, r.params) for r in records] == [
+        ("abc_00002", "error", {"objective.name": "disc", "train.lr": 1e-4}),
+        ("abc_00003", "error", {"objective.name": None, "train.lr": None})]
+    assert records[0].note == "error: The actor died unexpectedly"
+    rows = run_rows({"baseline_eval": {"suites": {}}, "records": records[::-1], "per_method": {}}, "prob")
+    assert [(r["method"], r["lr"], r["status"]) for r in rows] == [("original", None, ""), ("disc", 1e-4, "error"),
+                                                                    (None, None, "error")]
+
+
 @pytest.fixture()
 def ray_stopped_after():
     """The experiment starts a local Ray cluster (as the command does); later test modules start their own."""

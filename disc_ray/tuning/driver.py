@@ -243,7 +243,8 @@ def last_drift(result) -> tuple[float | None, float | None]:
     except Exception:  # noqa: BLE001 - no results file yet
         frame = None
     if frame is None or "drift_kl" not in getattr(frame, "columns", []):
-        return result.metrics.get("drift_kl"), result.metrics.get("drift_nll")
+        metrics = result.metrics or {}
+        return metrics.get("drift_kl"), metrics.get("drift_nll")
     measured = frame.dropna(subset=["drift_kl"])
     if measured.empty:
         return None, None
@@ -270,6 +271,13 @@ def _scores_from_eval_json(model_dir: str | None, sweep: Sweep):
     return run_scores("trial", json.loads(path.read_text())["suites"], cfg.domain_metrics, cfg.skill_metrics)
 
 
+def trial_params(trial_dir: str | Path) -> dict:
+    """The trial's configuration as Tune wrote it (``params.json``) when it started: a trial that failed before
+    reporting anything has no ``Result.config``. {} when absent."""
+    path = Path(trial_dir) / "params.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def trial_records(results, sweep: Sweep) -> list:
     from disc_ray.tuning.selection import TrialRecord
 
@@ -277,7 +285,7 @@ def trial_records(results, sweep: Sweep) -> list:
     for result in results:
         trial_id = Path(result.path).name.removeprefix("trial_")
         metrics = dict(result.metrics or {})
-        params = {k: (result.config or {}).get(k) for k in sweep.keys}
+        params = {k: (result.config or trial_params(result.path)).get(k) for k in sweep.keys}
         record = TrialRecord(trial_id=trial_id, params=params, status="stopped", steps=metrics.get("step"))
         if result.error is not None:
             record.status = "error"
