@@ -2,7 +2,7 @@
 built-in synthetic corpus.
 
     python jobs/reproduce.py --preset quick          # 3 methods x 3 LRs, 12 passages + 4 synthetic documents (<30 min)
-    python jobs/reproduce.py --preset full           # 3 methods x 3 LRs x 2 seeds, 208 passages + 24 synthetic (~7 h)
+    python jobs/reproduce.py --preset full           # 3 methods x 3 LRs x 2 seeds, 208 passages + 24 synthetic (~6 h)
     python jobs/reproduce.py --quick --out ~/repro --model /models/Qwen2.5-0.5B-Instruct
     python jobs/reproduce.py --quick --methods disc,ft,ft_kl,lora,talr,rephrase,cd_base   # every baseline
     python jobs/reproduce.py --config my_sweep.yaml  # a sweep file of your own in the presets' format
@@ -58,7 +58,7 @@ class ReproduceConfig:
     defaults of these keys; the command line wins."""
 
     preset: str = "quick"
-    """``quick`` (under 30 min on 2 CPU cores) or ``full`` (~7 h, resumable): ``tune/spaces/reproduce_<preset>.yaml``.
+    """``quick`` (under 30 min on 2 CPU cores) or ``full`` (~6 h on 2 cores, resumable): ``tune/spaces/reproduce_<preset>.yaml``.
     ``--quick`` is ``--preset quick``."""
     config: str | None = None
     """A sweep file in the presets' format to run instead of ``preset``."""

@@ -131,7 +131,7 @@ def plot(rows: list[dict], out: Path, max_drop: float, domain_metric: str = DEFA
     from disc_ray.evaluation.frontier import BUDGETS, COLOURS, plot_frontiers
 
     original, runs = rows[0], rows[1:]
-    domain_label = f"BioASQ closed-book MCQ: {DOMAIN_METRICS[domain_metric]} (points)"
+    domain_label = f"closed-book MCQ, every question: {DOMAIN_METRICS[domain_metric]} (points)"
 
     fig, ax = new_figure()
     for method in methods_run(runs):
