@@ -366,10 +366,11 @@ def ensure_ray(cfg: AdaptConfig, verbose: bool = True) -> None:
 
 
 def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_cpus: int | None = None,
-             logging_level: int = logging.INFO) -> None:
+             logging_level: int = logging.INFO, resources: dict[str, float] | None = None) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if set, else start a local cluster with ``num_cpus`` logical CPUs
-    (default: the machine's cores, at least ``cpus_needed``) and its dashboard on ``dashboard_host``.
-    ``logging_level`` is the driver's ``ray`` logger level. No-op when Ray is already initialised."""
+    (default: the machine's cores, at least ``cpus_needed``), the custom ``resources`` and its dashboard on
+    ``dashboard_host``. ``logging_level`` is the driver's ``ray`` logger level. No-op when Ray is already
+    initialised."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -377,7 +378,7 @@ def init_ray(address: str | None, cpus_needed: float, dashboard_host: str, num_c
         ray.init(address=address, logging_level=logging_level)
         return
     ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed)), dashboard_host=dashboard_host,
-             logging_level=logging_level)
+             logging_level=logging_level, resources=resources)
 
 
 def plan_total_steps(num_examples: int, cfg: AdaptConfig, student_tokens: int = 0) -> int:

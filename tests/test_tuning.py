@@ -106,13 +106,18 @@ def test_invalid_space_fails_on_the_command_line_before_ray_starts(tmp_path):
 
 
 def test_concurrency_is_planned_from_the_clusters_resources():
-    from disc_ray.tuning.driver import plan_concurrency, trial_demand
+    from disc_ray.tuning.driver import TRIAL_SLOT, plan_concurrency, slot_share, trial_demand
 
     sweep = parse_sweep(minimal(base={"overrides": {"workers.num_workers": 2, "data.concurrency": 1}},
                                 resources={"trial_cpus": 1}))
     assert trial_demand(sweep) == {"CPU": 4.0}  # trial process + 2 workers + 1 Ray Data task
     assert plan_concurrency({"CPU": 8.0}, trial_demand(sweep)) == 2
     assert plan_concurrency({"CPU": 3.0}, trial_demand(sweep)) == 0
+    # the local cluster's trial slot: each trial holds its share, so no more than `concurrency` fit at once
+    assert slot_share({"CPU": 8.0}, 2) == {}  # a cluster joined by address has no slot
+    for concurrency in (1, 2, 3, 7):
+        share = slot_share({"CPU": 8.0, TRIAL_SLOT: 1.0}, concurrency)[TRIAL_SLOT]
+        assert concurrency * share <= 1.0 < (concurrency + 1) * share
     gpu = parse_sweep(minimal(base={"overrides": {"workers.num_workers": 2, "workers.use_gpu": True}}))
     assert plan_concurrency({"CPU": 64.0, "GPU": 8.0}, trial_demand(gpu)) == 4
 
@@ -266,6 +271,22 @@ def terminated_trials(sweep_dir: Path) -> set[str]:
     return done
 
 
+def trial_spans(sweep_dir: Path, since: float) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each trial started after ``since``: from its "started" event to its last Tune
+    report or its last event, whichever is later (Tune's report timestamps are whole seconds)."""
+    from disc_ray.tuning.trial import read_trial_log
+
+    events = [e for e in read_trial_log(sweep_dir) if e["time"] >= since]
+    spans = []
+    for trial_id in {e["trial_id"] for e in events if e["event"] == "started"}:
+        start = min(e["time"] for e in events if e["trial_id"] == trial_id and e["event"] == "started")
+        end = max(e["time"] for e in events if e["trial_id"] == trial_id)
+        for line in (sweep_dir / f"trial_{trial_id}" / "result.json").read_text().splitlines():
+            end = max(end, float(json.loads(line)["timestamp"]))
+        spans.append((start, end))
+    return spans
+
+
 @pytest.mark.ray
 def test_sweep_selects_the_known_trial_and_resumes_without_rerunning_finished_trials(tmp_path, tiny_model_dir):
     from disc_ray.tuning.trial import read_trial_log
@@ -288,10 +309,16 @@ def test_sweep_selects_the_known_trial_and_resumes_without_rerunning_finished_tr
     assert finished_before_kill, "no trial finished before the deadline"
     assert not (sweep_dir / "trials.csv").exists()
 
-    # second driver: same command, resumes the sweep
-    second = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # second driver: same command, resumes the sweep one trial at a time (Tune's own limit covers new trials only;
+    # the restored ones are held to it by the cluster's trial slot)
+    resumed_at = time.time()
+    second = subprocess.run(command + ["--resume", "--max_concurrent_trials", "1"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the sweep" in second.stdout
+    assert "resuming the sweep" in second.stdout and "up to 1 trial(s) at once" in second.stdout
+    spans = sorted(trial_spans(sweep_dir, since=resumed_at))
+    assert len(spans) == 3 - len(finished_before_kill), spans
+    assert all(end <= next_start + 1.0 for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
 
     starts = [e["trial_id"] for e in read_trial_log(sweep_dir) if e["event"] == "started"]
     for trial_id in finished_before_kill:

@@ -33,6 +33,13 @@ from disc_ray.config import ConfigError, apply_dotted, build_dataclass, read_yam
 from disc_ray.records import load_jsonl
 from disc_ray.tuning.space import Sweep, load_sweep
 
+TRIAL_SLOT = "disc_ray_trial_slot"
+"""A custom resource (1 in all) of the local cluster a sweep starts; each trial holds ``1 / concurrency`` of it.
+Tune counts only a trial's own bundle (Ray Train v2 workers reserve their own placement group) and its concurrency
+limit applies to new trials only, so a resumed sweep would restart every unfinished trial at once and their
+workers would wait for CPUs until Ray Train's startup timeout (Ray's pattern "using resources to limit the number of
+concurrently running tasks"). A cluster joined by address has no slot: there ``max_concurrent_trials`` limits new
+trials only."""
 SWEEP_FILE = "sweep.yaml"
 """The sweep file as first run, kept in the sweep folder: a resume must match it."""
 RESULT_AFFECTING = ("space", "base", "searcher", "num_samples", "seed", "drift", "evaluation", "scheduler")
@@ -76,7 +83,7 @@ def ensure_ray(sweep: Sweep) -> None:
     from disc_ray.train import init_ray
 
     init_ray(sweep.settings.ray_address, trial_demand(sweep).get("CPU", 1), sweep.base.run.dashboard_host,
-             num_cpus=sweep.settings.num_cpus)
+             num_cpus=sweep.settings.num_cpus, resources={TRIAL_SLOT: 1.0})
 
 
 # --------------------------------------------------------------------------- preparation (driver)
@@ -181,12 +188,21 @@ def build_scheduler(sweep: Sweep):
                          grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
 
 
-def build_trainable(sweep: Sweep, context):
+def slot_share(cluster: dict[str, float], concurrency: int) -> dict[str, float]:
+    """The part of :data:`TRIAL_SLOT` one trial holds so that at most ``concurrency`` run at once (Ray counts custom
+    resources to 1e-4); empty when the cluster has no slot."""
+    if not cluster.get(TRIAL_SLOT):
+        return {}
+    return {TRIAL_SLOT: math.floor(cluster[TRIAL_SLOT] * 10_000 / concurrency) / 10_000}
+
+
+def build_trainable(sweep: Sweep, context, slot: dict[str, float] | None = None):
     from ray import tune
 
     from disc_ray.tuning.trial import run_trial
 
-    resources = tune.PlacementGroupFactory(trial_bundles(sweep))
+    bundles = trial_bundles(sweep)
+    resources = tune.PlacementGroupFactory([{**bundles[0], **(slot or {})}] + bundles[1:])
     return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
 
@@ -379,9 +395,9 @@ def run_sweep(sweep: Sweep, *, resume: bool | None = None, select_only: bool = F
     baseline_dir, references = prepare_baseline(sweep, model_source, evaluate=not select_only)
     context = TrialContext(sweep=sweep, model_source=model_source, baseline_dir=str(baseline_dir),
                            drift_records=tuple(references))
-    trainable = build_trainable(sweep, context)
+    trainable = build_trainable(sweep, context, slot_share(ray.cluster_resources(), concurrency))
     if restorable:
-        log(f"resuming the sweep in {sweep_dir}")
+        log(f"resuming the sweep in {sweep_dir}: up to {concurrency} trial(s) at once")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         log(f"sweep '{sweep.settings.name}' in {sweep_dir}: searcher {sweep.searcher}, up to {concurrency} trial(s) at "
