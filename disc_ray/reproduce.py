@@ -255,10 +255,6 @@ def run_reproduction(cfg: ReproduceConfig, raw: dict, *, log=print) -> dict:
     elif done:
         log(f"[reproduce] resuming: {len(done)} run(s) already trained and evaluated are kept, the others run")
     outcome = run_sweep(sweep, select_only=cfg.report_only)
-    if cfg.report_only:
-        for record in outcome["records"]:
-            if record.status == "stopped" and record.note.endswith("before evaluation"):
-                record.status = "unfinished"
     outcome["baseline_eval"] = json.loads((experiment / "baseline" / "eval.json").read_text())
     outcome["per_method"] = select_per_method(outcome["records"], outcome["baseline"], sweep.selection)
     rows = run_rows(outcome, cfg.domain_metric)

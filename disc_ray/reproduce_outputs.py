@@ -211,7 +211,7 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
              "Intervals: 95% bootstrap over questions / prompts; changes vs the original are paired.", ""]
     for method, trial_id in per_method.items():
         if not any(r["method"] == method and r.get("frontier") is not None for r in rows[1:]):
-            lines.append(f"- {method}: no run evaluated (unfinished, or stopped before evaluation)")
+            lines.append(f"- {method}: no run evaluated (unfinished, or stopped by the scheduler)")
             continue
         if trial_id is None:
             lines.append(f"- {method}: no learning rate keeps IFEval within {max_drop:g} points")

@@ -198,6 +198,16 @@ def test_a_trial_that_failed_before_reporting_keeps_its_method_and_lr_in_the_tab
         ("abc_00002", "error", {"objective.name": "disc", "train.lr": 1e-4}),
         ("abc_00003", "error", {"objective.name": None, "train.lr": None})]
     assert records[0].note == "error: The actor died unexpectedly"
+    # a trial interrupted mid-training (or still running when --report-only reads it) is unfinished, not stopped;
+    # only a scheduler's reason makes a trial "stopped"
+    _, _, budget = _sweep(["--quick", "--documents", "2", "--synthetic-documents", "1", "--drift.every_n_steps", "1",
+                           "--scheduler.drift_budget.metric", "drift_kl", "--scheduler.drift_budget.max", "1.0"], tmp_path)
+    partial = Result(metrics={"step": 20, "loss": 3.3}, checkpoint=None, error=None, path=str(tmp_path / "trial_abc_00006"))
+    wrecked = Result(metrics={"step": 1, "drift_kl": 4.0}, checkpoint=None, error=None, path=str(tmp_path / "trial_abc_00007"))
+    [interrupted] = trial_records([partial], sweep)
+    assert (interrupted.status, interrupted.note) == ("unfinished", "unfinished: last report at step 20")
+    [stopped] = trial_records([wrecked], budget)
+    assert stopped.status == "stopped" and stopped.note.startswith("stopped at step 1: drift_kl 4.0000 > budget 1")
     rows = run_rows({"baseline_eval": {"suites": {}}, "records": records[::-1], "per_method": {}}, "prob")
     assert [(r["method"], r["lr"], r["status"]) for r in rows] == [("original", None, ""), ("disc", 1e-4, "error"),
                                                                     (None, None, "error")]

@@ -240,7 +240,8 @@ def lenient_metric_checking():
 # --------------------------------------------------------------------------- records and selection
 
 
-def _stop_note(sweep: Sweep, metrics: dict) -> str:
+def _stop_note(sweep: Sweep, metrics: dict) -> str | None:
+    """Why the scheduler stopped a trial before its evaluation; None when none did (the trial has not finished)."""
     step = metrics.get("step")
     budget = sweep.scheduler.drift_budget
     if budget is not None and isinstance(metrics.get(budget.metric), (int, float)) and metrics[budget.metric] > budget.max:
@@ -249,7 +250,7 @@ def _stop_note(sweep: Sweep, metrics: dict) -> str:
         value = metrics.get(sweep.scheduler.asha.metric)
         shown = f" ({sweep.scheduler.asha.metric} {value:.4f})" if isinstance(value, (int, float)) else ""
         return f"stopped by ASHA at step {step}{shown}"
-    return f"stopped at step {step} before evaluation"
+    return None
 
 
 def last_drift(result) -> tuple[float | None, float | None]:
@@ -315,8 +316,11 @@ def trial_records(results, sweep: Sweep) -> list:
             rescored = _scores_from_eval_json(record.model_dir, sweep)
             if rescored is not None:  # with the intervals and per-item values the paired comparisons need
                 record.take_scores(rescored)
-        else:
-            record.note = _stop_note(sweep, metrics)
+        elif (note := _stop_note(sweep, metrics)) is not None:
+            record.note = note
+        else:  # interrupted, or still running in another driver (``--select-only``)
+            record.status = "unfinished"
+            record.note = f"unfinished: last report at step {record.steps}" if record.steps else "unfinished: no report"
         if record.status != "completed":
             record.drift_kl, record.drift_nll = last_drift(result)
         records.append(record)

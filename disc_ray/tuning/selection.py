@@ -39,7 +39,8 @@ class TrialRecord:
     params: dict
     """The swept keys' values."""
     status: str
-    """``completed`` (trained and evaluated), ``stopped`` (early stopping), ``error`` or ``running``."""
+    """``completed`` (trained and evaluated), ``stopped`` (by the drift budget or ASHA), ``error`` or
+    ``unfinished`` (interrupted, or still running when a ``--select-only`` sweep read it)."""
     domain: float | None = None
     domain_metric: str | None = None
     skills: dict = dataclasses.field(default_factory=dict)
