@@ -50,9 +50,9 @@ def run_rows(outcome: dict, domain_metric: str = DEFAULT_DOMAIN_METRIC) -> list[
     rows = [{"method": "original", "lr": None, "seed": None, "status": "", **_scores(baseline), "selected": "",
              "scores": original, "suites": baseline}]
     def order(record) -> tuple:  # a trial without its parameters (no params.json) last
-        method = record.params.get("objective.name")
-        return (ALL_METHODS.index(method) if method in ALL_METHODS else len(ALL_METHODS), record.params.get("train.lr") or 0.0,
-                record.params.get("train.seed") or -1, record.trial_id)
+        method, lr, seed = (record.params.get(k) for k in ("objective.name", "train.lr", "train.seed"))
+        return (ALL_METHODS.index(method) if method in ALL_METHODS else len(ALL_METHODS), 0.0 if lr is None else lr,
+                -1 if seed is None else seed, record.trial_id)
 
     for record in sorted(outcome["records"], key=order):
         suites = {}

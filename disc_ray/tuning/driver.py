@@ -302,7 +302,8 @@ def trial_records(results, sweep: Sweep) -> list:
     for result in results:
         trial_id = Path(result.path).name.removeprefix("trial_")
         metrics = dict(result.metrics or {})
-        params = {k: (result.config or trial_params(result.path)).get(k) for k in sweep.keys}
+        config = result.config or trial_params(result.path)
+        params = {k: config.get(k) for k in sweep.keys}
         record = TrialRecord(trial_id=trial_id, params=params, status="stopped", steps=metrics.get("step"))
         if result.error is not None:
             record.status = "error"
