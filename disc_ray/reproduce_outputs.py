@@ -1,6 +1,6 @@
 """What ``jobs/reproduce.py`` writes on top of its sweep: the per-run table (``results.md`` / ``results.csv``), the
-trade-off, retention-vs-LR and frontier plots, and ``comparison.md`` (the paper's rule per method, then the
-methods at matched retention). Formatting, tables and figures go through :mod:`disc_ray.reporting`; the
+trade-off, retention-vs-LR and frontier plots, and ``comparison.md`` (the paper's rule per method, what each
+configuration learned, the methods at the same learning rate, then at matched retention). Formatting, tables and figures go through :mod:`disc_ray.reporting`; the
 intervals come from :mod:`disc_ray.evaluation.stats` / :mod:`disc_ray.evaluation.frontier`.
 """
 
@@ -194,7 +194,8 @@ def select_per_method(records: list, baseline, spec) -> dict[str, str | None]:
 
 def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop: float,
                     domain_metric: str = DEFAULT_DOMAIN_METRIC) -> str:
-    """The paper's rule per method (with intervals), then the methods at matched retention (2 and 5 points)."""
+    """The paper's rule per method (with intervals), what each configuration learned and kept, the methods at the
+    same learning rate, then the methods at matched retention (2 and 5 points)."""
     from disc_ray.evaluation.frontier import BUDGETS, best_at_budgets, format_budget_markdown
 
     def num(value) -> str:
@@ -234,6 +235,8 @@ def comparison_text(rows: list[dict], per_method: dict, records: list, max_drop:
             lines.append(f"- {method}: " + ("no learning rate keeps IFEval within " f"{max_drop:g} points" if config is None else
                          f"lr {num(config['lr'])}: {metric} {format_ci(config['scores'].domain, config['scores'].domain_ci)}"))
     lines += ["", facts_markdown(configs, original, chosen).rstrip("\n")]
+    if same_lr := same_lr_markdown(configs):
+        lines += ["", same_lr.rstrip("\n")]
     points = [c["frontier"] for c in configs if c.get("frontier") is not None]
     lines += ["", format_budget_markdown(best_at_budgets(points, BUDGETS), domain_metric=metric,
                                          skill="IFEval inst_strict").rstrip("\n"),
@@ -286,15 +289,70 @@ def select_configurations(configs: list[dict], original, max_drop: float) -> dic
 def fact_deltas(config: dict, original: dict) -> dict:
     """``{column: compare(...)}``: the configuration's seed-mean change vs the original per :data:`FACT_SCORES`
     (points, paired 95% interval over the questions / prompts of that kind)."""
-    from disc_ray.evaluation.stats import compare, mean_over_runs, suite_items
+    from disc_ray.evaluation.stats import compare, suite_items
 
     out = {}
     for column, dotted in FACT_SCORES:
-        items = [suite_items(run["suites"], dotted) for run in config["runs"]]
+        items = _seed_mean_items(config, dotted)
         base = suite_items(original["suites"], dotted)
-        if base is not None and items and all(i is not None for i in items):
-            out[column] = compare(mean_over_runs(items), base)
+        if base is not None and items is not None:
+            out[column] = compare(items, base)
     return out
+
+
+def _seed_mean_items(config: dict, dotted: str):
+    """The configuration's per-item values of ``dotted`` averaged over its seeds, or None when a run lacks them."""
+    from disc_ray.evaluation.stats import mean_over_runs, suite_items
+
+    items = [suite_items(run["suites"], dotted) for run in config["runs"]]
+    return mean_over_runs(items) if items and all(i is not None for i in items) else None
+
+
+SAME_LR_SCORES = (("all questions", "domain_mcq.prob_correct"),) + FACT_SCORES
+"""The columns of the same-learning-rate table: correct-option probability on every question, then
+:data:`FACT_SCORES`."""
+
+
+def same_lr_deltas(a: dict, b: dict) -> dict:
+    """``{column: compare(...)}``: configuration ``a`` minus configuration ``b`` (same learning rate, two methods)
+    per :data:`SAME_LR_SCORES`, each on its seeds' per-item means, paired over the questions / prompts both
+    answered (points, 95% bootstrap interval)."""
+    from disc_ray.evaluation.stats import compare
+
+    out = {}
+    for column, dotted in SAME_LR_SCORES:
+        items_a, items_b = _seed_mean_items(a, dotted), _seed_mean_items(b, dotted)
+        if items_a is not None and items_b is not None and (c := compare(items_a, items_b)) is not None:
+            out[column] = c
+    return out
+
+
+def same_lr_markdown(configs: list[dict]) -> str:
+    """Every pair of methods trained at the same learning rate (the later in :data:`ALL_METHODS` minus the
+    earlier), seeds averaged per item, paired 95% intervals; empty when no learning rate has two methods."""
+    columns = [c for c, _ in SAME_LR_SCORES]
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    by_lr: dict = {}
+    for config in configs:
+        by_lr.setdefault(config["lr"], []).append(config)
+    table = []
+    for lr in sorted(by_lr):
+        own = sorted(by_lr[lr], key=lambda c: order.get(c["method"], len(order)))
+        for i, b in enumerate(own):
+            for a in own[i + 1:]:
+                deltas = same_lr_deltas(a, b)
+                table.append([f"{a['method']} - {b['method']}", format_number(lr, small="exponent"),
+                              f"{len(a['seeds'])} vs {len(b['seeds'])}",
+                              *[format_ci(d["delta"], d["ci"], signed=True) + ("" if d["outside"] else " ~")
+                                if (d := deltas.get(c)) else "-" for c in columns]])
+    if not table:
+        return ""
+    header = ("methods", "lr", "seeds", *columns)
+    return ("## Methods at the same learning rate\n\nOne method minus another trained at the same learning rate "
+            "(points of correct-option probability; IFEval instruction level), each on its seeds' per-item means, "
+            "paired 95% intervals over the shared questions / prompts; `~`: 0 is inside the interval. The same "
+            "learning rate is not the same retention: the matched-retention table below is the comparison the "
+            "paper's rule asks for.\n\n" + markdown_table(header, table) + "\n")
 
 
 def facts_markdown(configs: list[dict], original: dict, chosen: dict) -> str:

@@ -324,6 +324,12 @@ def test_matched_retention_compares_each_methods_best_run_within_the_budget(tmp_
     assert "(lr 1e-04;" in budget_rows[1].split("|")[2] and "(lr 1e-04;" in budget_rows[1].split("|")[3]  # <= 5
     assert "- <= 2 points: disc - ft = +" in text and "the questions separate them" in text.split("- <= 5")[0]
     assert "- <= 5 points: ft - disc = +" in text
+    same_lr = [line for line in text.split("## Methods at the same learning rate")[1].split("##")[0].splitlines()
+               if line.startswith("| disc - ft |")]
+    assert [line.split("|")[2].strip() for line in same_lr] == ["1e-05", "1e-04", "1e-03"]
+    cells = [c.strip() for c in same_lr[2].split("|")[1:-1]]  # at 1e-3: disc gains 15 less, forgets 8 prompts less
+    assert cells[2] == "1 vs 1" and cells[3].startswith("-1") and not cells[3].endswith("~")
+    assert cells[-2].startswith("+10.00 [") and cells[-1] == "-"  # IFEval strict: +8 of 80 prompts; no loose recorded
     write_tables(rows, tmp_path)
     assert "| ft | 1e-04 | - | completed | " in (tmp_path / "results.md").read_text()
     paths = plot(rows, tmp_path, 5.0, "prob")
@@ -384,6 +390,7 @@ def test_seeds_are_averaged_per_item_before_the_rule_and_the_fact_table(tmp_path
     fact_rows = [line for line in text.splitlines() if line.startswith("| ft | ")]
     assert fact_rows[1].startswith("| ft | 3e-04 | 2 | +2") and fact_rows[1].endswith("| yes |")
     assert "(lr 3e-04 (2 seeds);" in text  # matched retention compares the seed means too
+    assert "same learning rate" not in text  # one method: nothing to pair
 
     a = ItemValues(("x", "y", "z"), np.array([1.0, 2.0, 3.0]))
     b = ItemValues(("z", "x"), np.array([5.0, 3.0]))
