@@ -336,7 +336,7 @@ def same_lr_markdown(configs: list[dict]) -> str:
     for config in configs:
         by_lr.setdefault(config["lr"], []).append(config)
     table = []
-    for lr in sorted(by_lr):
+    for lr in sorted(by_lr, key=lambda lr: (lr is None, lr or 0.0)):  # a run without its parameters last
         own = sorted(by_lr[lr], key=lambda c: order.get(c["method"], len(order)))
         for i, b in enumerate(own):
             for a in own[i + 1:]:
