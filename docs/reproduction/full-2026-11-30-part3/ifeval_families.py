@@ -1,4 +1,5 @@
 """Where each configuration's IFEval change comes from: instruction-level strict accuracy per instruction family
+(then each run's responses: median length, looping answers, postscripts)
 (lm-eval's `family:instruction` ids), change vs the original, seeds averaged, from the runs' eval.json files.
 Counts are small (3-22 instructions a family on 64 prompts): a pointer to where to look, not a finding.
 Run from the repository root after `python jobs/reproduce.py --preset full`:
@@ -32,3 +33,26 @@ for family in sorted(original):
     print(f"| {family} | {counts[family]} | {original[family]:.1f} | " + " | ".join(f"{d:+.1f}" for d in changes) + " |")
 print(f"| all | {sum(counts.values())} | {baseline['inst_strict']:.1f} | "
       + " | ".join(f"{sum(r['inst_strict'] for r in runs[c]) / len(runs[c]) - baseline['inst_strict']:+.2f}" for c in configs) + " |")
+
+# The responses themselves (eval/samples/ifeval.jsonl): median length, answers that loop (some 6-word sequence
+# three times or more), answers with a "P.S." (asked for by the postscript instructions).
+def response_stats(path: Path) -> tuple:
+    records = [json.loads(line) for line in path.open()]
+
+    def loops(text: str) -> bool:
+        words = text.split()
+        grams = collections.Counter(tuple(words[i:i + 6]) for i in range(len(words) - 5))
+        return bool(grams) and grams.most_common(1)[0][1] >= 3
+
+    lengths = sorted(len(r["response"]) for r in records)
+    return lengths[len(lengths) // 2], sum(loops(r["response"]) for r in records), sum("P.S" in r["response"] for r in records)
+
+
+print("\n| run | seed | median characters | looping answers | answers with P.S. |\n|---|---|---|---|---|")
+print("| original | - | %d | %d | %d |" % response_stats(EXPERIMENT / "baseline" / "samples" / "ifeval.jsonl"))
+for trial in sorted(p for p in EXPERIMENT.glob("trial_*") if p.is_dir()):
+    params = json.loads((trial / "params.json").read_text())
+    path = EXPERIMENT / "runs" / trial.name / "model" / "eval" / "samples" / "ifeval.jsonl"
+    if path.exists():
+        print(f"| {params['objective.name']} {params['train.lr']:.0e} | {params.get('train.seed')} | "
+              + "%d | %d | %d |" % response_stats(path))
