@@ -1,6 +1,6 @@
 """Where each configuration's IFEval change comes from: instruction-level strict accuracy per instruction family
-(then each run's responses: median length, looping answers, postscripts)
-(lm-eval's `family:instruction` ids), change vs the original, seeds averaged, from the runs' eval.json files.
+(lm-eval's `family:instruction` ids), change vs the original, seeds averaged, from the runs' eval.json files; then
+each run's responses (eval/samples/ifeval.jsonl): median length, looping answers, postscripts.
 Counts are small (3-22 instructions a family on 64 prompts): a pointer to where to look, not a finding.
 Run from the repository root after `python jobs/reproduce.py --preset full`:
     .venv/bin/python docs/reproduction/full-2026-11-30-part3/ifeval_families.py"""
