@@ -1,7 +1,8 @@
 """What ``jobs/reproduce.py`` writes on top of its sweep: the per-run table (``results.md`` / ``results.csv``), the
 trade-off, retention-vs-LR and frontier plots, and ``comparison.md`` (the paper's rule per method, what each
-configuration learned, the methods at the same learning rate, then at matched retention). Formatting, tables and figures go through :mod:`disc_ray.reporting`; the
-intervals come from :mod:`disc_ray.evaluation.stats` / :mod:`disc_ray.evaluation.frontier`.
+configuration learned, the methods at the same learning rate, then at matched retention). Formatting, tables and
+figures go through :mod:`disc_ray.reporting`; the intervals come from :mod:`disc_ray.evaluation.stats` /
+:mod:`disc_ray.evaluation.frontier`.
 """
 
 from __future__ import annotations
@@ -308,6 +309,14 @@ def _seed_mean_items(config: dict, dotted: str):
     return mean_over_runs(items) if items and all(i is not None for i in items) else None
 
 
+def _delta_cell(delta: dict | None) -> str:
+    """A :func:`~disc_ray.evaluation.stats.compare` result as a table cell: ``+1.23 [+0.40, +2.10]``, `` ~`` appended
+    when 0 is inside the interval (or too few items to claim), ``-`` when not measured."""
+    if delta is None:
+        return "-"
+    return format_ci(delta["delta"], delta["ci"], signed=True) + ("" if delta["outside"] else " ~")
+
+
 SAME_LR_SCORES = (("all questions", "domain_mcq.prob_correct"),) + FACT_SCORES
 """The columns of the same-learning-rate table: correct-option probability on every question, then
 :data:`FACT_SCORES`."""
@@ -343,8 +352,7 @@ def same_lr_markdown(configs: list[dict]) -> str:
                 deltas = same_lr_deltas(a, b)
                 table.append([f"{a['method']} - {b['method']}", format_number(lr, small="exponent"),
                               f"{len(a['seeds'])} vs {len(b['seeds'])}",
-                              *[format_ci(d["delta"], d["ci"], signed=True) + ("" if d["outside"] else " ~")
-                                if (d := deltas.get(c)) else "-" for c in columns]])
+                              *[_delta_cell(deltas.get(c)) for c in columns]])
     if not table:
         return ""
     header = ("methods", "lr", "seeds", *columns)
@@ -364,8 +372,7 @@ def facts_markdown(configs: list[dict], original: dict, chosen: dict) -> str:
         deltas = fact_deltas(config, original)
         drift = [r["drift_kl"] for r in config["runs"] if r.get("drift_kl") is not None]
         table.append([config["method"], format_number(config["lr"], small="exponent"), str(len(config["seeds"])),
-                      *[format_ci(d["delta"], d["ci"], signed=True) + ("" if d["outside"] else " ~")
-                        if (d := deltas.get(c)) else "-" for c in columns],
+                      *[_delta_cell(deltas.get(c)) for c in columns],
                       format_number(sum(drift) / len(drift) if drift else None, small="exponent"),
                       "yes" if chosen.get(config["method"]) is config else ""])
     header = ("method", "lr", "seeds", *(f"change {c}" for c in columns), "drift KL", "selected")
